@@ -1,0 +1,52 @@
+"""Shared fixtures for the pytest-benchmark suites.
+
+Quick mode (CI): ``NPDG_BENCH_QUICK=1 pytest benches/ --benchmark-disable`` runs every bench once on
+small shapes, as a smoke test. Full mode (a GPU machine): ``pytest benches/ --benchmark-json=OUT.json``.
+Every benchmark row records the device name and library versions in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import pytest
+import torch
+
+
+def quick_mode() -> bool:
+    return os.environ.get("NPDG_BENCH_QUICK", "0") == "1"
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def env_info(device) -> dict:
+    """What a benchmark row needs to be comparable later: card, versions."""
+    info = {"device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.fixture(scope="session")
+def bench_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def quick() -> bool:
+    return quick_mode()
