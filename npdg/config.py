@@ -105,13 +105,24 @@ def _apply(cfg: Config, values: dict, where: str) -> None:
 
 
 def parse_overrides(args: list[str]) -> dict:
-    """['--iters=10', '--amp'] -> {'iters': '10', 'amp': 'true'}."""
-    out = {}
-    for arg in args:
-        if not arg.startswith("--"):
-            raise ValueError(f"override {arg!r}: expected --key=value")
+    """['--iters=10', '--model', 'segformer_b0', '--amp'] -> {'iters': '10', 'model': 'segformer_b0', 'amp': 'true'}.
+
+    Both ``--key=value`` and ``--key value`` work; a ``--key`` followed by another flag (or nothing) is
+    a boolean switch.
+    """
+    out, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ValueError(f"override {arg!r}: expected --key=value or --key value")
         key, sep, value = arg[2:].partition("=")
-        out[key] = value if sep else "true"
+        if not sep:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            else:
+                value = "true"
+        out[key] = value
+        i += 1
     return out
 
 

@@ -1,0 +1,52 @@
+"""Turn a pytest-benchmark JSON file into a markdown table (one row per benchmark).
+
+    python benches/summarize.py bench.json > summary.md
+
+Ratios against the `eager` / `loop` provider of the same shape are computed when the rows say
+which provider and shape they are (extra_info "provider" and "shape").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+BASELINES = ("eager", "loop")
+
+
+def rows(data: dict) -> list[dict]:
+    out = []
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        out.append({"name": b["name"], "group": b.get("group") or b["fullname"].split("::")[0],
+                    "median_ms": b["stats"]["median"] * 1e3, "info": info})
+    return out
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    table = rows(data)
+    base = defaultdict(dict)
+    for r in table:
+        prov, shape = r["info"].get("provider"), str(r["info"].get("shape"))
+        if prov in BASELINES:
+            base[r["group"]][shape] = r["median_ms"]
+    device = next((r["info"].get("device") for r in table if r["info"].get("device")), "unknown")
+    versions = next((r["info"] for r in table if "torch" in r["info"]), {})
+    print(f"# Benchmarks on {device}\n")
+    print(f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}, triton {versions.get('triton')}, "
+          f"{data.get('datetime', '')}\n")
+    print("| benchmark | median (ms) | vs baseline | GB/s | images/s |")
+    print("|---|---:|---:|---:|---:|")
+    for r in table:
+        info = r["info"]
+        ref = base[r["group"]].get(str(info.get("shape")))
+        speedup = f"{ref / r['median_ms']:.2f}x" if ref and info.get("provider") not in BASELINES else ""
+        gbps = f"{info['gbps']:.0f}" if "gbps" in info else ""
+        ips = f"{info['images_per_s']:.1f}" if "images_per_s" in info else ""
+        print(f"| {r['name']} | {r['median_ms']:.3f} | {speedup} | {gbps} | {ips} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
