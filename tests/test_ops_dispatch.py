@@ -1,0 +1,47 @@
+"""Which implementation npdg.ops picks, and its errors."""
+
+import pytest
+import torch
+
+from npdg import ops
+
+
+def test_cpu_defaults_to_reference(monkeypatch):
+    monkeypatch.delenv("NPDG_KERNELS", raising=False)
+    assert ops.kernel_backend(torch.zeros(1)) == "reference"
+
+
+def test_forced_reference(monkeypatch):
+    monkeypatch.setenv("NPDG_KERNELS", "reference")
+    assert ops.kernel_backend(torch.zeros(1)) == "reference"
+
+
+def test_bad_backend_name(monkeypatch):
+    monkeypatch.setenv("NPDG_KERNELS", "cuda-magic")
+    with pytest.raises(ValueError, match="NPDG_KERNELS='cuda-magic'"):
+        ops.kernel_backend(torch.zeros(1))
+
+
+def test_triton_on_cpu_needs_interpreter(monkeypatch):
+    monkeypatch.setenv("NPDG_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        ops.kernel_backend(torch.zeros(1))
+
+
+def test_reference_path_values(monkeypatch):
+    """ops.* on CPU with the reference backend equal a direct float64 computation."""
+    monkeypatch.setenv("NPDG_KERNELS", "reference")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) * 3 + 2
+    mean, std = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.5
+    mu = x.mean((2, 3), keepdim=True)
+    sigma = (x.var((2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    expect = (x - mu) / sigma * std[..., None, None] + mean[..., None, None]
+    torch.testing.assert_close(ops.adain(x, mean, std), expect, rtol=1e-12, atol=1e-12)
+
+    acts = torch.randn(3, 2, 4, 6, generator=g, dtype=torch.float64)
+    var, cov = ops.style_sensitivity(acts)
+    d = (acts - acts.mean(0, keepdim=True)).permute(2, 0, 1, 3).reshape(4, -1)
+    torch.testing.assert_close(cov, d @ d.T / d.shape[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, d.square().mean(1), rtol=1e-12, atol=1e-12)
