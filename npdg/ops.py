@@ -71,8 +71,12 @@ def style_sensitivity(acts: torch.Tensor, precision: str = "ieee") -> tuple[torc
 
 def compact(src: torch.Tensor, out_index: torch.Tensor | None = None,
             in_index: torch.Tensor | None = None) -> torch.Tensor:
-    """src[out_index][:, in_index] as a new contiguous tensor (None keeps a dimension whole)."""
-    if _ext.available():
+    """src[out_index][:, in_index] as a new contiguous tensor (None keeps a dimension whole).
+
+    Indices are 1-D int64 on src's device; out-of-range / negative values raise IndexError. Works on
+    any trailing dims (conv (O, I, kh, kw), linear (O, I), vectors (C,): in_index must be None).
+    """
+    if _ext.supports(src.device):
         return torch.ops.npdg.compact(src, out_index, in_index)
     return reference.compact(src, out_index, in_index)
 
@@ -81,7 +85,84 @@ def compact_many(srcs, out_indices, in_indices) -> list[torch.Tensor]:
     """compact() over a whole parameter list in one call (one kernel launch on CUDA)."""
     srcs, out_indices, in_indices = list(srcs), list(out_indices), list(in_indices)
     if not (len(srcs) == len(out_indices) == len(in_indices)):
-        raise ValueError(f"compact_many: list lengths differ ({len(srcs)}, {len(out_indices)}, {len(in_indices)})")
-    if _ext.available():
+        raise ValueError(
+            f"compact_many: list lengths differ ({len(srcs)}, {len(out_indices)}, {len(in_indices)})")
+    if srcs and _ext.supports(srcs[0].device):
         return list(torch.ops.npdg.compact_many(srcs, out_indices, in_indices))
     return reference.compact_many(srcs, out_indices, in_indices)
+
+
+# --- compaction glue: fake impls (torch.compile / opcheck) and autograd for torch.ops.npdg.compact*.
+# Registered when the extension loads (npdg._ext.when_loaded), so importing this module stays cheap.
+
+
+def _fake_index_len(src, index, dim, label):
+    # The checks that need no index values, as in csrc/compact.cpp (values are unknown here).
+    torch._check(src.dim() > dim, lambda: f"{label} must be None: src is {src.dim()}-D")
+    torch._check(index.dim() == 1, lambda: f"{label} must be 1-D, got {index.dim()}-D")
+    torch._check(index.dtype == torch.long, lambda: f"{label} must be int64, got {index.dtype}")
+    return index.shape[0]
+
+
+def _compact_fake_shape(src, out_index, in_index, op):
+    shape = list(src.shape)
+    if out_index is not None:
+        shape[0] = _fake_index_len(src, out_index, 0, f"{op}: out_index")
+    if in_index is not None:
+        shape[1] = _fake_index_len(src, in_index, 1, f"{op}: in_index")
+    return shape
+
+
+def _compact_fake(src, out_index, in_index):
+    return src.new_empty(_compact_fake_shape(src, out_index, in_index, "compact"))
+
+
+def _compact_many_fake(srcs, out_indices, in_indices):
+    torch._check(len(srcs) == len(out_indices) == len(in_indices),
+                 lambda: "compact_many: list lengths differ")
+    return [s.new_empty(_compact_fake_shape(s, o, i, "compact_many"))
+            for s, o, i in zip(srcs, out_indices, in_indices, strict=True)]
+
+
+def _compact_grad(grad, shape, out_index, in_index):
+    """Adjoint of the gather: scatter-add grad back into zeros of the source shape."""
+    if grad is None:
+        return None
+    # index_add: a channel listed twice was gathered twice, so its grads add up.
+    if in_index is not None:
+        grad = grad.new_zeros((grad.shape[0], shape[1], *shape[2:])).index_add(1, in_index, grad)
+    if out_index is not None:
+        grad = grad.new_zeros(shape).index_add(0, out_index, grad)
+    return grad
+
+
+def _compact_setup(ctx, inputs, output):
+    src, ctx.out_index, ctx.in_index = inputs
+    ctx.src_shape = src.shape
+
+
+def _compact_backward(ctx, grad):
+    return _compact_grad(grad, ctx.src_shape, ctx.out_index, ctx.in_index), None, None
+
+
+def _compact_many_setup(ctx, inputs, output):
+    srcs, ctx.out_indices, ctx.in_indices = inputs
+    ctx.src_shapes = [s.shape for s in srcs]
+
+
+def _compact_many_backward(ctx, grads):
+    per_tensor = zip(grads, ctx.src_shapes, ctx.out_indices, ctx.in_indices, ctx.needs_input_grad[0],
+                     strict=True)
+    grads = [_compact_grad(g, shape, o, i) if need else None for g, shape, o, i, need in per_tensor]
+    return grads, None, None
+
+
+def _register_compact_glue():
+    torch.library.register_fake("npdg::compact", _compact_fake)
+    torch.library.register_fake("npdg::compact_many", _compact_many_fake)
+    torch.library.register_autograd("npdg::compact", _compact_backward, setup_context=_compact_setup)
+    torch.library.register_autograd("npdg::compact_many", _compact_many_backward,
+                                    setup_context=_compact_many_setup)
+
+
+_ext.when_loaded(_register_compact_glue)

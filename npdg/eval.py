@@ -1,0 +1,168 @@
+"""Evaluate a segmentation model on one or more datasets (mIoU in percent).
+
+    python -m npdg.eval --checkpoint runs/x/model.pt --data synthetic:source --data synthetic:fog \\
+        --json results.json
+    python -m npdg.eval --checkpoint ckpt.pt --data cityscapes:/data/cityscapes --sliding \\
+        --window 512x1024 --stride 341x683 --device cuda
+
+The JSON is ``{SPEC: {"miou": percent, "per_class": {class: percent or null}}}``; null marks a class
+with no ground-truth pixel (excluded from the mean, see :mod:`npdg.metrics`). From Python, the same
+numbers come from :func:`evaluate`, which the training CLI also calls.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from npdg.data.labels import CLASSES, IGNORE_INDEX
+from npdg.data.spec import KINDS, SpecError, build_dataset
+from npdg.metrics import ConfusionMatrix, format_table
+
+
+def _logits(model, images):
+    """Model output -> (N, C, H, W) logits at the input size (dict 'out' / first of a tuple accepted)."""
+    out = model(images)
+    if isinstance(out, dict):
+        out = out["out"]
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    if out.shape[-2:] != images.shape[-2:]:
+        out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def sliding_logits(model, images, window, stride, num_classes):
+    """Average the logits of ``window``-sized crops taken every ``stride`` px (edges always covered);
+    images smaller than the window are zero-padded (zero = the mean colour after normalization)."""
+    N, _, H, W = images.shape
+    wh, ww = window
+    sh, sw = stride
+    ph, pw = max(wh - H, 0), max(ww - W, 0)
+    padded = F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+    Hp, Wp = padded.shape[-2:]
+    total = images.new_zeros(N, num_classes, Hp, Wp)
+    count = images.new_zeros(1, 1, Hp, Wp)
+
+    def starts(size, win, step):
+        s = list(range(0, max(size - win, 0) + 1, step))
+        return s if s[-1] == size - win else s + [size - win]
+
+    for y in starts(Hp, wh, sh):
+        for x in starts(Wp, ww, sw):
+            total[..., y:y + wh, x:x + ww] += _logits(model, padded[..., y:y + wh, x:x + ww])
+            count[..., y:y + wh, x:x + ww] += 1
+    return (total / count)[..., :H, :W]
+
+
+def _collate(samples):
+    return samples  # images may differ in size; batched by shape in evaluate()
+
+
+@torch.no_grad()
+def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, window=None, stride=None,
+             num_workers=0, num_classes=len(CLASSES), class_names=CLASSES, progress=True, desc=None):
+    """mIoU of ``model`` on ``dataset`` -> {"miou": percent, "per_class": {name: percent or None}}.
+
+    ``dataset`` yields (normalized image (3, H, W), int64 label (H, W), 255 = ignore), e.g. from
+    :func:`npdg.data.build_dataset`. ``sliding=True`` evaluates ``window`` (H, W) crops every
+    ``stride`` (default: 2/3 of the window) instead of whole images. Under torch.distributed each rank
+    evaluates every world_size-th sample and the confusion matrices are summed, so all ranks return
+    the full result. The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    dist = torch.distributed
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
+        else (0, 1)
+    indices = list(range(rank, len(dataset), world))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=_collate)
+    if sliding:
+        if window is None:
+            raise ValueError("sliding-window evaluation needs a window (H, W)")
+        stride = stride or (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+    cm = ConfusionMatrix(num_classes, IGNORE_INDEX, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc=desc or "eval", disable=not progress or rank != 0, leave=False):
+            groups = {}
+            for image, label in batch:  # stack same-size samples
+                groups.setdefault(tuple(image.shape), []).append((image, label))
+            for items in groups.values():
+                images = torch.stack([i for i, _ in items]).to(device)
+                labels = torch.stack([lab for _, lab in items]).to(device)
+                logits = (sliding_logits(model, images, window, stride, num_classes) if sliding
+                          else _logits(model, images))
+                cm.update(logits.argmax(1), labels)
+    finally:
+        model.train(was_training)
+    cm.all_reduce()
+    return cm.summary(class_names)
+
+
+def _hw(text):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 512x1024), got {text!r}") from None
+    return h, w
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m npdg.eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Reported numbers (table and JSON) are IoU in percent.")
+    p.add_argument("--checkpoint", required=True, help="model file from npdg.save_model or a training checkpoint")
+    p.add_argument("--data", action="append", required=True, metavar="SPEC",
+                   help=f"dataset, repeatable: KIND:ARG with KIND in {{{', '.join(KINDS)}}}, "
+                        "e.g. synthetic:fog, folder:DIR, cityscapes:ROOT")
+    p.add_argument("--split", default=None, help="dataset split (default: val / validation / all per kind)")
+    p.add_argument("--json", type=Path, help="write {SPEC: {miou: percent, per_class: {class: percent|null}}}")
+    p.add_argument("--size", type=_hw, default=None,
+                   help="HxW: synthetic generation size (default 128x256); resize for on-disk data")
+    p.add_argument("--num", type=int, default=None, help="synthetic scenes / first N on-disk samples")
+    p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--sliding", action="store_true", help="sliding-window inference")
+    p.add_argument("--window", type=_hw, help="sliding window HxW")
+    p.add_argument("--stride", type=_hw, help="sliding stride HxW (default 2/3 of the window)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda[:i]")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.sliding and args.window is None:
+        build_parser().error("--sliding needs --window HxW")
+    datasets = {}
+    for spec in args.data:
+        try:
+            datasets[spec] = build_dataset(spec, split=args.split, size=args.size, num=args.num, seed=args.seed)
+        except (SpecError, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    import npdg
+
+    model = npdg.load_model(args.checkpoint, map_location="cpu").to(args.device)
+    results = {}
+    for spec, ds in datasets.items():
+        results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=args.device, sliding=args.sliding,
+                                 window=args.window, stride=args.stride, num_workers=args.workers, desc=spec)
+        miou = results[spec]["miou"]
+        shown = "n/a (no labelled pixels)" if miou is None else f"{miou:.2f}%"
+        print(f"{spec}: mIoU {shown} over {len(ds)} images", file=sys.stderr)
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""What every segmentation model in the registry offers beyond ``forward``.
+
+* ``forward(x (N, 3, H, W)) -> logits (N, num_classes, H, W)`` for any H, W.
+* ``prunable_units() -> list[UnitGroup]`` (see ``units.py``).
+* ``style_layer``: the early backbone module (after the stem / first stage, output stride 4) whose
+  output (N, ``style_channels``, H/4, W/4) a forward hook may replace to perturb feature style, e.g.
+  ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.
+* ``arch_config()``: the plain-data constructor kwargs (incl. current ``widths``) that rebuild this
+  architecture via ``create_model(model.registry_name, **cfg)``; ``save_model`` stores them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from npdg.models.units import UnitGroup, name_groups
+
+
+class SegmentationModel(nn.Module):
+    registry_name: str = ""  # set by create_model
+
+    def __init__(self, num_classes: int, **arch_kwargs):
+        super().__init__()
+        self.num_classes = num_classes
+        # Plain constructor kwargs except widths (those are read back from the live modules).
+        self._arch_kwargs = {"num_classes": num_classes, **arch_kwargs}
+
+    def _check_widths(self, widths: dict | None) -> None:
+        """Subclasses call this last in __init__: a misspelt group name must not build a dense model."""
+        built = self.widths()
+        unknown = sorted(set(widths or {}) - set(built))
+        if unknown:
+            raise ValueError(
+                f"widths for unknown unit groups {unknown[:5]}; groups are e.g. {list(built)[:3]}"
+            )
+        wrong = {k: (v, built[k]) for k, v in (widths or {}).items() if built[k] != v or v < 1}
+        if wrong:
+            raise ValueError(f"invalid widths (asked, built): {wrong}")
+
+    # Subclasses return unnamed groups; names/keys are filled in from the module tree.
+    def _unit_groups(self) -> list[UnitGroup]:
+        raise NotImplementedError
+
+    def prunable_units(self) -> list[UnitGroup]:
+        return name_groups(self, self._unit_groups())
+
+    def widths(self) -> dict[str, int]:
+        """Current unit count of every group (group name -> size)."""
+        return {g.name: g.size for g in self.prunable_units()}
+
+    def arch_config(self) -> dict:
+        return {**self._arch_kwargs, "widths": self.widths()}
+
+    @property
+    def style_layer(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def style_channels(self) -> int:
+        raise NotImplementedError

@@ -1,0 +1,213 @@
+"""Mix Transformer (MiT) encoder of SegFormer, with prunable attention heads and Mix-FFN channels.
+
+Module names follow the SegFormer/mmseg checkpoints with the four stages grouped:
+``stages.{i}.patch_embed.{proj,norm}``, ``stages.{i}.blocks.{j}.{norm1,attn.{q,kv,sr,norm,proj},norm2,
+mlp.{fc1,dwconv,fc2}}``, ``stages.{i}.norm`` (``pretrained.py`` maps the original key styles).
+
+Pruning additions (both init to 1, so an unpruned model computes exactly what SegFormer computes):
+* ``attn.head_gate`` (Gate, (heads,)) multiplies each head's attention output before ``proj``. Head h owns
+  rows [h*d, (h+1)*d) of ``q`` and of both halves of ``kv`` (k rows, then v rows at offset heads*d) and
+  the same columns of ``proj``. Pruned heads keep the scale 1/sqrt(head_dim) of the others.
+* ``mlp.hidden_gate`` (Gate, (hidden,)) multiplies the Mix-FFN hidden channels after fc1 -> 3x3
+  depthwise conv -> GELU, i.e. right before ``fc2``.
+Widths keys: ``stages.{i}.blocks.{j}.attn.head_gate`` (kept heads) and ``....mlp.hidden_gate``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npdg.models.units import Gate, TensorSlice, UnitGroup, sub_widths
+
+
+class OverlapPatchEmbed(nn.Module):
+    def __init__(self, cin, dim, patch, stride):
+        super().__init__()
+        self.proj = nn.Conv2d(cin, dim, patch, stride, patch // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+
+
+class EfficientAttention(nn.Module):
+    """Multi-head attention whose keys/values come from a sequence spatially reduced by ``sr_ratio``."""
+
+    def __init__(self, dim, num_heads, sr_ratio, kept_heads=None):
+        super().__init__()
+        self.head_dim = dim // num_heads
+        self.num_heads = kept_heads if kept_heads is not None else num_heads
+        inner = self.num_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.q = nn.Linear(dim, inner)
+        self.kv = nn.Linear(dim, 2 * inner)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+        self.head_gate = Gate(self.num_heads)
+        self.proj = nn.Linear(inner, dim)
+
+    def forward(self, x, h, w):
+        n, length, dim = x.shape
+        heads, d = self.num_heads, self.head_dim
+        q = self.q(x).view(n, length, heads, d).transpose(1, 2)
+        if self.sr_ratio > 1:
+            grid = x.transpose(1, 2).reshape(n, dim, h, w)
+            r = self.sr_ratio
+            if h < r or w < r:  # tiny inputs only: pad so the reduction conv has one full window
+                grid = F.pad(grid, (0, max(0, r - w), 0, max(0, r - h)))
+            x = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+        k, v = self.kv(x).view(n, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (n, heads, length, d)
+        out = self.head_gate(out)
+        return self.proj(out.transpose(1, 2).reshape(n, length, heads * d))
+
+    def unit_group(self) -> UnitGroup:
+        d, inner = self.head_dim, self.num_heads * self.head_dim
+        producers = [TensorSlice(self.head_gate, "weight", 0)]
+        for attr in ("weight", "bias"):
+            producers += [
+                TensorSlice(self.q, attr, 0, 0, d),
+                TensorSlice(self.kv, attr, 0, 0, d),  # k rows
+                TensorSlice(self.kv, attr, 0, inner, d),  # v rows
+            ]
+        return UnitGroup("head", self.head_gate, producers, [TensorSlice(self.proj, "weight", 1, 0, d)])
+
+
+class MixFFN(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.hidden_gate = Gate(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, h, w):
+        n, length, _ = x.shape
+        hidden = self.fc1(x).transpose(1, 2).reshape(n, -1, h, w)
+        hidden = self.hidden_gate(self.act(self.dwconv(hidden)))  # (n, hidden, h, w)
+        return self.fc2(hidden.flatten(2).transpose(1, 2))
+
+    def unit_group(self) -> UnitGroup:
+        producers = [TensorSlice(m, a, 0) for m in (self.fc1, self.dwconv) for a in ("weight", "bias")]
+        producers.append(TensorSlice(self.hidden_gate, "weight", 0))
+        return UnitGroup("hidden", self.hidden_gate, producers, [TensorSlice(self.fc2, "weight", 1)])
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's whole residual branch with probability p while training."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class MiTBlock(nn.Module):
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path, widths):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientAttention(dim, num_heads, sr_ratio, widths.get("attn.head_gate"))
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MixFFN(dim, widths.get("mlp.hidden_gate", dim * mlp_ratio))
+
+    def forward(self, x, h, w):
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w))
+        return x + self.drop_path(self.mlp(self.norm2(x), h, w))
+
+
+class MiTStage(nn.Module):
+    """Patch embedding + transformer blocks + LayerNorm; (N, C_in, H, W) -> (N, C, H/s, W/s)."""
+
+    def __init__(self, cin, dim, patch, stride, depth, num_heads, sr_ratio, mlp_ratio, drop_paths, widths):
+        super().__init__()
+        self.patch_embed = OverlapPatchEmbed(cin, dim, patch, stride)
+        self.blocks = nn.ModuleList(
+            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, drop_paths[j], sub_widths(widths, f"blocks.{j}"))
+            for j in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x, h, w = self.patch_embed(x)
+        for blk in self.blocks:
+            x = blk(x, h, w)
+        return self.norm(x).transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+
+class MixVisionTransformer(nn.Module):
+    def __init__(
+        self,
+        dims,
+        depths,
+        num_heads=(1, 2, 5, 8),
+        sr_ratios=(8, 4, 2, 1),
+        mlp_ratio=4,
+        drop_path_rate=0.1,
+        widths=None,
+    ):
+        super().__init__()
+        drop_paths = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, cin, start = [], 3, 0
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            patch, stride = (7, 4) if i == 0 else (3, 2)
+            stages.append(
+                MiTStage(
+                    cin,
+                    dim,
+                    patch,
+                    stride,
+                    depth,
+                    num_heads[i],
+                    sr_ratios[i],
+                    mlp_ratio,
+                    drop_paths[start : start + depth],
+                    sub_widths(widths, f"stages.{i}"),
+                )
+            )
+            cin, start = dim, start + depth
+        self.stages = nn.ModuleList(stages)
+        self.dims = list(dims)
+        self.apply(_init_weights)
+
+    @property
+    def style_layer(self) -> nn.Module:
+        return self.stages[0]
+
+    def forward(self, x):
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def unit_groups(self) -> list[UnitGroup]:
+        return [g for s in self.stages for b in s.blocks for g in (b.attn.unit_group(), b.mlp.unit_group())]
+
+
+def _init_weights(m):
+    # SegFormer's initialization: truncated normal linears, fan-out normal convs.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,89 @@
+"""SegFormer-B0..B5: MiT encoder + all-MLP decoder.
+
+Decoder: each stage feature -> 1x1 projection to ``embed_dim`` -> bilinear to stride 4 -> concat
+(stage 4, 3, 2, 1 order, as SegFormer) -> fuse 1x1 conv + BN + ReLU -> dropout -> 1x1 classifier ->
+bilinear upsample to the input size. Prunable: every attention head and Mix-FFN hidden channel of the
+encoder (see ``mit.py``) and the fuse channels of the decoder (BN γ).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npdg.models.base import SegmentationModel
+from npdg.models.deeplab import ConvBNReLU
+from npdg.models.mit import MixVisionTransformer
+from npdg.models.registry import register_model
+from npdg.models.units import UnitGroup, channel_group, input_channels, sub_widths
+
+VARIANTS = {  # name -> (stage widths, stage depths, decoder embed dim)
+    "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
+    "b1": ((64, 128, 320, 512), (2, 2, 2, 2), 256),
+    "b2": ((64, 128, 320, 512), (3, 4, 6, 3), 768),
+    "b3": ((64, 128, 320, 512), (3, 4, 18, 3), 768),
+    "b4": ((64, 128, 320, 512), (3, 8, 27, 3), 768),
+    "b5": ((64, 128, 320, 512), (3, 6, 40, 3), 768),
+}
+
+
+class SegFormerHead(nn.Module):
+    def __init__(self, in_dims, embed_dim, num_classes, widths=None):
+        super().__init__()
+        self.linear_c = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_dims)
+        self.fuse = ConvBNReLU(embed_dim * len(in_dims), (widths or {}).get("fuse.bn", embed_dim), 1)
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Conv2d(self.fuse.bn.num_features, num_classes, 1)
+
+    def forward(self, feats):
+        size = feats[0].shape[-2:]
+        projected = [
+            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
+            for proj, f in zip(self.linear_c, feats, strict=True)
+        ]
+        x = self.fuse(torch.cat(projected[::-1], dim=1))
+        return self.classifier(self.dropout(x))
+
+    def unit_groups(self) -> list[UnitGroup]:
+        return [channel_group(self.fuse.conv, self.fuse.bn, [input_channels(self.classifier)])]
+
+
+class SegFormer(SegmentationModel):
+    def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None):
+        super().__init__(num_classes, drop_path_rate=drop_path_rate)  # variant is implied by the name
+        dims, depths, embed_dim = VARIANTS[variant]
+        self.backbone = MixVisionTransformer(
+            dims, depths, drop_path_rate=drop_path_rate, widths=sub_widths(widths, "backbone")
+        )
+        self.head = SegFormerHead(dims, embed_dim, num_classes, sub_widths(widths, "head"))
+        for m in self.head.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self._check_widths(widths)
+
+    def forward(self, x):
+        logits = self.head(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def _unit_groups(self) -> list[UnitGroup]:
+        return self.backbone.unit_groups() + self.head.unit_groups()
+
+    @property
+    def style_layer(self) -> nn.Module:
+        return self.backbone.style_layer
+
+    @property
+    def style_channels(self) -> int:
+        return self.backbone.dims[0]
+
+
+def _builder(variant):
+    def build(num_classes=19, drop_path_rate=0.1, widths=None):
+        return SegFormer(variant, num_classes, drop_path_rate, widths)
+
+    return build
+
+
+for _variant in VARIANTS:
+    register_model(f"segformer_{_variant}")(_builder(_variant))

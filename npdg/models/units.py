@@ -1,0 +1,182 @@
+"""Prunable-unit declarations: the contract between architectures and the pruning code.
+
+Every model returns ``model.prunable_units() -> list[UnitGroup]``; pruning, sensitivity and compaction
+read only these declarations and never look at an architecture's classes.
+
+A *unit* is one output channel (CNN, ``kind="channel"``), one attention head (``kind="head"``) or one
+Mix-FFN hidden channel (``kind="hidden"``). A :class:`UnitGroup` is the set of units that share one
+scaling module:
+
+* ``scale_module`` has ``.weight`` of shape ``(size,)`` = the scaling factors γ, applied on dim 1 of its
+  input: a BatchNorm2d (γ = BN weight) or a :class:`Gate` (a learnable multiplier, init 1).
+  Its forward OUTPUT is the per-unit activation for sensitivity, always laid out with the unit axis at
+  dim 1: channels / hidden -> ``(N, size, H, W)``; heads -> ``(N, heads, L, head_dim)``.
+* ``producers``: every tensor whose entries along ``dim`` belong to units of this group (conv/linear
+  rows, biases, BN weight/bias/running stats, the gate itself, depthwise-conv channels, q/k/v rows).
+* ``consumers``: tensors that read the group's output on an input axis (next conv's ``weight`` dim 1,
+  ``proj`` columns), possibly at an ``offset`` into a concatenated input.
+
+Unit ``u`` owns positions ``offset + u * unit_width + [0, unit_width)`` along a slice's ``dim``
+(``unit_width`` = head_dim for head rows, 1 otherwise). All offsets are in the coordinates of the model
+the declarations were read from, so a compaction must slice all groups of one dense model at once
+(see :func:`compact_state_dict`).
+
+Masking (``UnitGroup.mask_``) zeroes γ and, for BN, the bias β: the unit's output becomes exactly 0
+after BN/ReLU or the gate, so removing it and its consumer columns leaves the model's output unchanged.
+A group's ``name`` is the qualified module name of its scale module and is also the key of the
+``widths`` dict every constructor accepts (unit group name -> kept unit count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class Gate(nn.Module):
+    """Learnable per-unit multiplier on dim 1 (init 1, so an unpruned model is bit-identical)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Cast to x's dtype so a bf16/fp16 activation is not promoted to fp32 under autocast.
+        return x * self.weight.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+    def extra_repr(self) -> str:
+        return f"size={self.weight.numel()}"
+
+
+@dataclass
+class TensorSlice:
+    """One axis of one parameter/buffer that loses entries when units are removed."""
+
+    module: nn.Module = field(repr=False)
+    attr: str  # "weight", "bias", "running_mean", "running_var"
+    dim: int
+    offset: int = 0  # where this group's block starts on the axis (concat inputs, the v half of kv)
+    unit_width: int = 1  # entries per unit (head_dim for q/k/v rows and proj columns of a head)
+    key: str = ""  # state-dict key, filled in by name_groups()
+
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.attr)
+
+    def positions(self, units: torch.Tensor) -> torch.Tensor:
+        """Indices along ``dim`` owned by the given unit indices (1-D long tensor)."""
+        units = torch.as_tensor(units, dtype=torch.long).flatten()
+        within = torch.arange(self.unit_width, dtype=torch.long, device=units.device)
+        return (self.offset + units[:, None] * self.unit_width + within[None, :]).flatten()
+
+
+@dataclass
+class UnitGroup:
+    """Units that share one scaling module; see the module docstring for the conventions."""
+
+    kind: str  # "channel" | "head" | "hidden"
+    scale_module: nn.Module = field(repr=False)
+    producers: list[TensorSlice] = field(default_factory=list)
+    consumers: list[TensorSlice] = field(default_factory=list)
+    name: str = ""  # qualified name of scale_module, filled in by name_groups()
+    min_size: int = 1  # a pruner must keep at least this many units
+
+    @property
+    def size(self) -> int:
+        return self.scale_module.weight.numel()
+
+    @property
+    def activation_module(self) -> nn.Module:
+        """Hook this module's forward output to capture the (N, size, ...) activations."""
+        return self.scale_module
+
+    def gamma(self) -> torch.Tensor:
+        """γ of shape (size,), the live parameter (autograd flows into it for the sparsity loss)."""
+        return self.scale_module.weight
+
+    def slices(self) -> list[TensorSlice]:
+        return self.producers + self.consumers
+
+    @torch.no_grad()
+    def mask_(self, pruned: torch.Tensor) -> None:
+        """Silence units in place: zero γ (and the BN bias). ``pruned``: bool (size,) or indices."""
+        pruned = torch.as_tensor(pruned, device=self.gamma().device)
+        self.scale_module.weight[pruned] = 0
+        bias = getattr(self.scale_module, "bias", None)
+        if bias is not None:
+            bias[pruned] = 0
+
+    def check(self) -> None:
+        """Raise if a declared slice does not fit the tensor it points at."""
+        for s in self.slices():
+            extent = s.tensor().shape[s.dim]
+            end = s.offset + self.size * s.unit_width
+            if end > extent:
+                raise AssertionError(f"{self.name}: {s.key} dim {s.dim} has {extent} < {end} entries")
+
+
+def name_groups(model: nn.Module, groups: list[UnitGroup]) -> list[UnitGroup]:
+    """Fill in group names and slice keys from the model's module names."""
+    names = {id(m): n for n, m in model.named_modules()}
+    for g in groups:
+        g.name = names[id(g.scale_module)]
+        for s in g.slices():
+            s.key = f"{names[id(s.module)]}.{s.attr}"
+    return groups
+
+
+def bn_producers(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> list[TensorSlice]:
+    """Output-channel slices of a conv (+ its bias) followed by a BatchNorm."""
+    out = [TensorSlice(conv, "weight", 0)]
+    if conv.bias is not None:
+        out.append(TensorSlice(conv, "bias", 0))
+    out += [TensorSlice(bn, a, 0) for a in ("weight", "bias", "running_mean", "running_var")]
+    return out
+
+
+def channel_group(conv: nn.Conv2d, bn: nn.BatchNorm2d, consumers: list[TensorSlice]) -> UnitGroup:
+    """The usual CNN unit group: conv -> BN (-> ReLU) feeding ``consumers``."""
+    return UnitGroup("channel", bn, bn_producers(conv, bn), list(consumers))
+
+
+def input_channels(conv: nn.Module, offset: int = 0) -> TensorSlice:
+    """Consumer slice of a conv/linear reading a group's channels at ``offset`` of its input."""
+    return TensorSlice(conv, "weight", 1, offset)
+
+
+def sub_widths(widths: dict | None, prefix: str) -> dict:
+    """The part of a ``widths`` dict under ``prefix.`` with the prefix stripped."""
+    head = prefix + "."
+    return {k[len(head) :]: v for k, v in (widths or {}).items() if k.startswith(head)}
+
+
+def compact_state_dict(model: nn.Module, keep: dict[str, torch.Tensor]) -> tuple[dict, dict[str, int]]:
+    """Reference compaction: slice every declared tensor of ``model`` to the kept units.
+
+    ``keep`` maps group name -> kept unit indices (groups not listed keep everything). Returns the
+    sliced state dict and the ``widths`` to rebuild the smaller architecture with. Plain PyTorch, for
+    tests and as the oracle of the faster compaction in ``npdg.pruning``.
+    """
+    groups = {g.name: g for g in model.prunable_units()}
+    unknown = set(keep) - set(groups)
+    if unknown:
+        raise KeyError(f"unknown unit groups {sorted(unknown)}")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    axis_keep: dict[tuple[str, int], torch.Tensor] = {}  # (key, dim) -> bool mask over the axis
+    widths = {}
+    for name, g in groups.items():
+        kept = torch.as_tensor(keep.get(name, torch.arange(g.size)), dtype=torch.long).cpu()
+        widths[name] = int(kept.numel())
+        dropped = torch.ones(g.size, dtype=torch.bool)
+        dropped[kept] = False
+        dropped = dropped.nonzero().flatten()
+        for s in g.slices():
+            mask = axis_keep.setdefault(
+                (s.key, s.dim), torch.ones(state[s.key].shape[s.dim], dtype=torch.bool)
+            )
+            mask[s.positions(dropped)] = False
+    for (key, dim), mask in axis_keep.items():
+        index = mask.nonzero().flatten().to(state[key].device)
+        state[key] = state[key].index_select(dim, index).contiguous()
+    return state, widths

@@ -1,0 +1,265 @@
+"""Fused AdaIN Triton kernels (npdg.kernels.adain) against the float64 reference (npdg.reference).
+
+On a CPU-only machine the kernels run under the Triton interpreter: TRITON_INTERPRET must be set
+before npdg.kernels.adain is first imported (@triton.jit reads it when it decorates the kernels), so it
+is set below before that import; CI also exports it for the whole pytest run. On a GPU machine the
+same tests run compiled on CUDA (the `cuda` marker) and the CPU cases are skipped.
+"""
+
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from npdg import ops, reference  # noqa: E402
+from npdg.kernels import adain as K  # noqa: E402
+from npdg.kernels.adain import AdaINConfig  # noqa: E402
+
+_INTERPRETED = isinstance(K._adain_fwd_kernel, InterpretedFunction)
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERPRETED, reason="CPU needs TRITON_INTERPRET=1 at import")),
+    pytest.param("cuda", marks=[pytest.mark.cuda,
+                                pytest.mark.skipif(not torch.cuda.is_available() or _INTERPRETED,
+                                                   reason="needs CUDA (compiled kernels)")]),
+]
+# (atol, rtol) of outputs stored in each dtype: inputs are exact in every dtype (the reference sees the
+# same rounded values), so the budget is the final rounding -- one ulp -- plus fp32 arithmetic.
+TOL = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),   # ulp = 2**-10 relative
+    torch.bfloat16: (1e-2, 8e-3),  # ulp = 2**-7 relative
+    torch.float64: (1e-10, 1e-10),
+}
+DTYPES = list(TOL)
+SHAPES = [
+    (2, 3, 5, 7),     # H*W = 35, not a multiple of any block
+    (1, 1, 1, 1),     # N*C = 1, H*W = 1
+    (2, 1, 9, 11),    # C = 1
+    (3, 20, 4, 4),    # several channel blocks
+    (1, 2, 1, 4099),  # "large" H*W: 17 chunks of 256, split in 3 (scaled-down 262 144)
+]
+MODES = ["auto", "stream", "split", "one_pass"]
+
+
+def _config(mode: str, hw: int) -> AdaINConfig | None:
+    """Small explicit configs so every code path runs on tiny inputs."""
+    if mode == "auto":
+        return None
+    block_l = min(256, max(1, 1 << max(0, (hw - 1).bit_length() - 3)))  # ~8 chunks per row, <= 256
+    if mode == "stream":
+        return AdaINConfig(block_c=2, block_l=block_l)
+    if mode == "split":
+        return AdaINConfig(block_c=2, block_l=block_l, splits=3)
+    return AdaINConfig(block_c=2, block_l=1 << max(0, (hw - 1).bit_length()), one_pass=True)
+
+
+def _inputs(shape, dtype, device, layout="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, c = shape[:2]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 2).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean = (torch.randn(n, c, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    std = (torch.rand(n, c, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    return x.to(device), mean.to(device), std.to(device), dy.to(device)
+
+
+def _reference(x, mean, std, dy, eps=reference.DEFAULT_EPS):
+    """y, dx, d mean, d std of the float64 reference, via autograd."""
+    xr, mr, sr = (t.detach().double().requires_grad_() for t in (x, mean, std))
+    yr = reference.adain(xr, mr, sr, eps)
+    yr.backward(dy.double())
+    return yr.detach(), xr.grad, mr.grad, sr.grad
+
+
+def _close(actual, expected, dtype, scale=1.0):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(actual.double() / scale, expected.double() / scale, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_launchers_match_reference(device, shape, mode, layout, dtype):
+    x, mean, std, dy = _inputs(shape, dtype, device, layout)
+    hw = math.prod(shape[2:])
+    cfg = _config(mode, hw)
+    y = torch.full_like(x, float("nan"))  # poisoned: every element must be written
+    dx = torch.full_like(x, float("nan"))
+    y_out, mu, rstd = K.adain_forward(x, mean, std, config=cfg, out=y)
+    dx_out, dmean, dstd = K.adain_backward(dy, x, mu, rstd, std, config=cfg, out=dx)
+    assert y_out is y and dx_out is dx
+    yr, dxr, dmr, dsr = _reference(x, mean, std, dy)
+    _close(y, yr, dtype)
+    _close(dx, dxr, dtype)
+    # d mean', d std' are sums over H*W and come back in fp32 (fp64): compare them per position
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert dmean.dtype == dstd.dtype == mu.dtype == acc
+    _close(dmean, dmr, acc, scale=hw)
+    _close(dstd, dsr, acc, scale=hw)
+    mur, sigmar = reference.style_stats(x.double())
+    _close(mu, mur, acc)
+    _close(1 / rstd, sigmar, acc)
+    if layout == "channels_last":
+        assert y.stride() == x.stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("param_shape", ["NC", "C", "1C", "NC11"])
+def test_autograd_function_broadcast_params(device, dtype, param_shape):
+    x, mean, std, dy = _inputs((2, 3, 6, 5), dtype, device)
+    shape = {"NC": (2, 3), "C": (3,), "1C": (1, 3), "NC11": (2, 3, 1, 1)}[param_shape]
+    rows = 2 if param_shape.startswith("NC") else 1
+    m, s = (t[:rows].reshape(shape).clone().requires_grad_() for t in (mean, std))
+    xg = x.clone().requires_grad_()
+    y = K.adain(xg, m, s)
+    y.backward(dy)
+    assert m.grad.shape == m.shape and s.grad.shape == s.shape and m.grad.dtype == dtype
+    xr, mr, sr = (t.detach().double().requires_grad_() for t in (x, m, s))
+    yr = reference.adain(xr, mr.reshape(-1, 3).expand(2, 3), sr.reshape(-1, 3).expand(2, 3))
+    yr.backward(dy.double())
+    _close(y, yr, dtype)
+    _close(xg.grad, xr.grad, dtype)
+    _close(m.grad, mr.grad, dtype, scale=30)
+    _close(s.grad, sr.grad, dtype, scale=30)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["stream", "split", "one_pass"])
+def test_gradcheck_fp64_through_kernels(device, layout, mode):
+    """gradcheck in float64 through the Triton path itself (the kernels accumulate fp64 for fp64 input)."""
+    x, mean, std, _ = _inputs((2, 2, 2, 3), torch.float64, device, layout)
+    cfg = _config(mode, 6)
+    if mode == "split":
+        cfg = AdaINConfig(block_c=2, block_l=2, splits=2)
+    args = tuple(t.detach().clone().requires_grad_() for t in (x, mean, std))
+    assert torch.autograd.gradcheck(lambda a, m, s: K.adain(a, m, s, config=cfg), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", ["stream", "split", "one_pass"])
+def test_constant_channel_is_finite(device, dtype, mode):
+    """sigma = 0: eps keeps rstd finite, y = mean' on that channel, no NaN anywhere (fwd or bwd)."""
+    x, mean, std, dy = _inputs((2, 3, 1, 4099), dtype, device)
+    x[:, 1] = 2.5
+    x, mean, std = (t.clone().requires_grad_() for t in (x, mean, std))
+    y = K.adain(x, mean, std, config=_config(mode, 4099))
+    y.backward(dy)
+    for t in (y, x.grad, mean.grad, std.grad):
+        assert torch.isfinite(t).all()
+    yr, dxr, dmr, dsr = _reference(x, mean, std, dy)
+    _close(y, yr, dtype)
+    _close(y[:, 1], mean.detach()[:, 1, None, None].expand(2, 1, 4099), dtype)
+    _close(x.grad, dxr, dtype)
+    _close(std.grad, dsr, dtype, scale=4099)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_layouts_differ_and_expanded(device):
+    """dy in another layout than x, and the stride-0 dy of y.sum().backward()."""
+    x, mean, std, dy = _inputs((2, 3, 5, 7), torch.float32, device, "channels_last")
+    dy = dy.contiguous()
+    x.requires_grad_()
+    K.adain(x, mean, std).backward(dy)
+    _, dxr, _, _ = _reference(x, mean, std, dy)
+    _close(x.grad, dxr, torch.float32)
+    x.grad = None
+    K.adain(x, mean, std).sum().backward()
+    _, dxr, _, _ = _reference(x, mean, std, torch.ones_like(dy))
+    _close(x.grad, dxr, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_other_ranks_and_strided_input(device):
+    """(N, C, L) and (N, C, D, H, W) inputs, and a slice whose spatial strides don't merge (copied)."""
+    for shape in [(2, 3, 10), (1, 2, 3, 4, 5)]:
+        x, mean, std, dy = _inputs(shape, torch.float32, device)
+        _close(K.adain(x, mean, std), _reference(x, mean, std, dy)[0], torch.float32)
+    x, mean, std, dy = _inputs((2, 3, 6, 10), torch.float32, device)
+    xs = x[..., ::2]
+    _close(K.adain(xs, mean, std), _reference(xs, mean, std, dy[..., ::2])[0], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["stream", "split", "one_pass"])
+def test_backward_without_dx(device, mode):
+    x, mean, std, dy = _inputs((2, 3, 5, 7), torch.float32, device)
+    cfg = _config(mode, 35)
+    _, mu, rstd = K.adain_forward(x, mean, std, config=cfg)
+    dx, dmean, dstd = K.adain_backward(dy, x, mu, rstd, std, config=cfg, need_dx=False)
+    _, _, dmr, dsr = _reference(x, mean, std, dy)
+    assert dx is None
+    _close(dmean, dmr, torch.float32, scale=35)
+    _close(dstd, dsr, torch.float32, scale=35)
+    m, s = mean.clone().requires_grad_(), std.clone().requires_grad_()
+    K.adain(x, m, s, config=cfg).backward(dy)  # x needs no grad: dx is skipped inside
+    _close(s.grad, dsr, torch.float32, scale=35)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ops_dispatch_runs_the_kernel(device, monkeypatch):
+    monkeypatch.setenv("NPDG_KERNELS", "triton")
+    x, mean, std, dy = _inputs((2, 3, 5, 7), torch.float32, device)
+    x.requires_grad_()
+    y = ops.adain(x, mean, std)
+    y.backward(dy)
+    yr, dxr, _, _ = _reference(x, mean, std, dy)
+    _close(y, yr, torch.float32)
+    _close(x.grad, dxr, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rejects_bad_input(device):
+    x, mean, std, _ = _inputs((2, 3, 5, 7), torch.float32, device)
+    with pytest.raises(ValueError, match="spatial"):
+        K.adain(x[:, :, 0, 0], mean, std)
+    with pytest.raises(TypeError, match="dtype"):
+        K.adain(x.to(torch.int32), mean, std)
+    with pytest.raises(ValueError, match="broadcast"):
+        K.adain(x, mean[:, :2], std)
+    with pytest.raises(ValueError, match="one_pass"):
+        K.adain(x, mean, std, config=AdaINConfig(block_c=2, block_l=8, one_pass=True))
+    with pytest.raises(ValueError, match="power of two"):
+        AdaINConfig(block_c=3, block_l=8)
+    with pytest.raises(ValueError, match="out"):
+        K.adain_forward(x, mean, std, out=torch.empty(2, 3, 5, 6, device=device))
+
+
+def test_empty_input():
+    x = torch.empty(2, 3, 0, 4)
+    y, mu, _ = K.adain_forward(x, torch.ones(2, 3), torch.ones(2, 3))
+    assert y.shape == x.shape and torch.isnan(mu).all()
+
+
+def test_config_heuristics():
+    """Shapes only (meta tensors): which path a real workload takes on the GPU (here: 4 'SMs')."""
+    def cfg(shape, channels_last=False, dtype=torch.float32, inputs=1):
+        x = torch.empty(shape, device="meta", dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return K.adain_config(x.flatten(2), inputs)
+
+    r50 = cfg((8, 256, 128, 128))  # H*W = 16384 fits: read x once
+    assert r50.one_pass and r50.block_l == 16384 and r50.splits == 1
+    big = cfg((8, 256, 192, 192))  # H*W = 36864: two loops
+    assert not big.one_pass and big.splits == 1 and big.block_l <= 4096
+    few_rows = cfg((1, 1, 512, 512))  # one row of 262 144: split
+    assert few_rows.splits > 1 and few_rows.block_l * few_rows.splits < 262144 * 2
+    cl = cfg((8, 256, 192, 192), channels_last=True, dtype=torch.bfloat16)
+    assert cl.block_c * 2 >= 32  # at least one 32-byte sector of channels per position
+    assert cfg((8, 256, 192, 192), inputs=2).block_l <= 2048

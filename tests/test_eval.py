@@ -1,0 +1,123 @@
+"""evaluate() and the ``python -m npdg.eval`` CLI."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import npdg
+from npdg.data import CLASSES, build_dataset
+from npdg.data.__main__ import export
+from npdg.eval import evaluate, main, sliding_logits
+from npdg.metrics import ConfusionMatrix
+
+SIZE = (32, 64)
+
+
+class Oracle(nn.Module):
+    """Predicts a fixed label map (as one-hot logits) whatever the input: a known-answer model."""
+
+    def __init__(self, labels):
+        super().__init__()
+        self.labels = labels
+
+    def forward(self, x):
+        idx = self.labels[: x.shape[0]].clamp(max=18)
+        return nn.functional.one_hot(idx, 19).permute(0, 3, 1, 2).float()
+
+
+def test_evaluate_matches_confusion_matrix_and_restores_mode():
+    ds = build_dataset("synthetic:rain", size=SIZE, num=5)
+    labels = torch.stack([ds[i][1] for i in range(5)])
+    noisy = labels.clone()
+    noisy[:, :8] = 0  # top rows wrongly called road
+    model = Oracle(noisy).train()
+    result = evaluate(model, ds, batch_size=5, progress=False)
+    cm = ConfusionMatrix().update(noisy.clamp(max=18), labels)
+    assert result["miou"] == pytest.approx(100 * cm.miou())
+    assert list(result["per_class"]) == list(CLASSES)
+    assert result["per_class"]["train"] is None  # never in the synthetic scenes
+    assert model.training
+    perfect = evaluate(Oracle(labels), ds, batch_size=5, progress=False)
+    assert perfect["miou"] == pytest.approx(100.0)
+
+
+def test_sliding_window_equals_whole_image_for_pointwise_model():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 19, 1)
+    images = torch.randn(2, 3, 21, 30)
+    whole = model(images)
+    for window, stride in (((8, 8), (5, 6)), ((21, 30), (21, 30)), ((32, 40), (16, 16))):  # incl. larger
+        torch.testing.assert_close(sliding_logits(model, images, window, stride, 19), whole)
+    ds = build_dataset("synthetic:fog", size=SIZE, num=3)
+    a = evaluate(model, ds, batch_size=2, progress=False)
+    b = evaluate(model, ds, batch_size=3, progress=False, sliding=True, window=(16, 24), stride=(8, 12))
+    assert a == b
+
+
+def test_variable_size_samples_are_batched_by_shape():
+    class Mixed(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            h = 8 if i < 2 else 10
+            return torch.zeros(3, h, 12), torch.full((h, 12), i % 2, dtype=torch.long)
+
+    model = nn.Conv2d(3, 19, 1)
+    nn.init.zeros_(model.weight)
+    with torch.no_grad():
+        model.bias.copy_(torch.arange(19.0).neg())  # always predicts class 0
+    result = evaluate(model, Mixed(), batch_size=3, progress=False)
+    assert result["per_class"]["road"] == pytest.approx(100 * (8 * 12 + 10 * 12) / (2 * 8 * 12 + 10 * 12 + 8 * 12))
+    assert result["per_class"]["sidewalk"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from npdg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("segformer_b0", num_classes=19).eval()
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    npdg.save_model(model, path)
+    return model, path
+
+
+def test_cli_folder_round_trip_equals_direct_evaluation(tmp_path, saved_model, capsys):
+    model, path = saved_model
+    export("painted", "val", 3, tmp_path / "painted", size=SIZE, progress=False)
+    out = tmp_path / "res" / "eval.json"
+    assert main(["--checkpoint", str(path), "--data", f"folder:{tmp_path / 'painted'}", "--data",
+                 "synthetic:painted", "--size", "32x64", "--num", "3", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    folder, synthetic = results[f"folder:{tmp_path / 'painted'}"], results["synthetic:painted"]
+    assert set(folder) == {"miou", "per_class"} and list(folder["per_class"]) == list(CLASSES)
+    assert folder == synthetic  # exported PNGs are bit-exact, so identical numbers
+    direct = evaluate(model, build_dataset("synthetic:painted", size=SIZE, num=3), progress=False)
+    assert synthetic["miou"] == pytest.approx(direct["miou"])
+    table = capsys.readouterr().out
+    assert "mIoU (%)" in table and "road" in table
+
+
+def test_cli_accepts_training_checkpoint(tmp_path, saved_model):
+    from npdg.serialization import model_payload
+
+    model, _ = saved_model
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"model": model_payload(model), "step": 1, "config": {}}, ckpt)
+    out = tmp_path / "r.json"
+    assert main(["--checkpoint", str(ckpt), "--data", "synthetic:source", "--size", "32x64", "--num", "2",
+                 "--sliding", "--window", "32x32", "--stride", "32x16", "--json", str(out)]) == 0
+    assert 0 <= json.loads(out.read_text())["synthetic:source"]["miou"] <= 100
+
+
+def test_cli_bad_spec_lists_kinds(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--data", "kitti:/x"]) == 2
+    err = capsys.readouterr().err
+    assert "synthetic, folder, cityscapes, gta5, bdd100k, mapillary, synthia" in err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x", "--data", "synthetic:source", "--sliding"])  # no --window
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x", "--data", "synthetic:source", "--size", "big"])
