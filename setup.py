@@ -34,11 +34,11 @@ def _extensions():
     with_cuda = CUDA_HOME is not None and torch.version.cuda is not None and (
         torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1"
     )
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is left to torch (its headers need C++20 from 2.10 on)
     extra = {"cxx": cxx}
     kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
     if with_cuda:
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
         ext = CUDAExtension("npdg._C", cpu_sources + cuda_sources, extra_compile_args=extra,
                             define_macros=[("NPDG_WITH_CUDA", None)], **kwargs)
     else:

@@ -95,18 +95,17 @@ void copy_range_generic(const CompactDesc& d, int64_t e0, int64_t e1) {
   }
 }
 
+// Copies output elements [e0, e1) of one tensor; fast paths for the common layouts.
 template <typename T>
-void copy_range(const CompactDesc& d, int64_t e0, int64_t e1, bool generic) {
+void copy_range(const CompactDesc& d, int64_t e0, int64_t e1) {
   const T* src = static_cast<const T*>(d.src);
   T* dst = static_cast<T*>(d.dst);
   const int64_t* oi = d.out_index;
   const int64_t* ii = d.in_index;
-  int64_t slab = e0 / d.inner, k = e0 - slab * d.inner;
-  int64_t r = slab / d.cols, c = slab - r * d.cols;
+  const int64_t slab = e0 / d.inner;
+  int64_t k = e0 - slab * d.inner, r = slab / d.cols, c = slab - r * d.cols;
   int64_t e = e0;
-  if (generic) {
-    copy_range_generic<T>(d, e0, e1);
-  } else if (d.inner == 1) {  // 1x1 convs, linear layers, vectors: a row is a gather over columns
+  if (d.inner == 1) {  // 1x1 convs, linear layers, vectors: a row is a gather over columns
     while (e < e1) {
       const T* row = src + (oi ? oi[r] : r) * d.stride_row;
       const int64_t cend = std::min(d.cols, c + (e1 - e));
@@ -131,12 +130,17 @@ void copy_range(const CompactDesc& d, int64_t e0, int64_t e1, bool generic) {
   }
 }
 
+template <typename T>
+void copy_range_as(const CompactDesc& d, int64_t e0, int64_t e1, bool generic) {
+  generic ? copy_range_generic<T>(d, e0, e1) : copy_range<T>(d, e0, e1);
+}
+
 void copy_range_any(const CompactDesc& d, int64_t e0, int64_t e1, bool generic) {
   switch (d.elem_size) {
-    case 1: return copy_range<uint8_t>(d, e0, e1, generic);
-    case 2: return copy_range<uint16_t>(d, e0, e1, generic);
-    case 4: return copy_range<uint32_t>(d, e0, e1, generic);
-    case 8: return copy_range<uint64_t>(d, e0, e1, generic);
+    case 1: return copy_range_as<uint8_t>(d, e0, e1, generic);
+    case 2: return copy_range_as<uint16_t>(d, e0, e1, generic);
+    case 4: return copy_range_as<uint32_t>(d, e0, e1, generic);
+    case 8: return copy_range_as<uint64_t>(d, e0, e1, generic);
   }
 }
 
@@ -221,7 +225,7 @@ void check_index_values(const at::Tensor& index, int64_t size, const std::string
 
 void check_plan_indices(const CompactPlan& plan, size_t t) {
   const CompactDesc& d = plan.descs[t];
-  // describe() may have folded an un-indexed dim, so take the bounds from the source via the plan.
+  // A dim with an index is never folded, so src_rows / src_cols are its source sizes.
   if (plan.out_index[t].defined())
     check_index_values(plan.out_index[t], d.src_rows, plan.label(t, "out_index"), 0);
   if (plan.in_index[t].defined())

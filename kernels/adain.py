@@ -36,8 +36,8 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from npdg.reference import DEFAULT_EPS  # the project-wide eps convention
-from npdg.kernels.utils import cdiv, check_launchable, next_pow2, num_sms
 
+from .utils import cdiv, check_launchable, next_pow2, num_sms
 
 # --- constants (design reasoning for H100/H200; re-measure with benches/bench_adain.py) ---------------
 # Streaming tile (elements) of the loop kernels: 16 fp32 per thread at 8 warps = four 16-byte loads in
@@ -52,9 +52,12 @@ _ONE_PASS_MAX = 16384
 _CL_BLOCK_C = 64
 # ...and are narrowed (for more programs) down to one 32-byte DRAM sector per position, never below.
 _SECTOR_BYTES = 32
-# Split the H*W reduction when fewer than 2 row-programs per SM would run (SMs would idle), aiming at
-# 4 programs per SM; each split still streams >= _MIN_SPLIT_SPAN positions so the merge stays negligible.
-_SPLIT_BELOW_PER_SM = 2
+# Channels-last blocks are narrowed until there are 2 programs per SM (free: no extra traffic). The H*W
+# reduction is split only below 1 program per SM -- a split re-reads x from DRAM (3 passes instead of ~2),
+# which beats idle SMs but not a second wave -- aiming at 4 programs per SM; each split still streams
+# >= _MIN_SPLIT_SPAN positions so the partial merge stays negligible.
+_PROGRAMS_PER_SM = 2
+_SPLIT_BELOW_PER_SM = 1
 _SPLIT_TARGET_PER_SM = 4
 _MIN_SPLIT_SPAN = 2048
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -349,33 +352,33 @@ def _num_warps(tile: int) -> int:
 
 def adain_config(x3: torch.Tensor, inputs: int = 1) -> AdaINConfig:
     """Heuristic config for rows x3 (N, C, L); inputs = tensors streamed per position (2 in backward)."""
-    n, c, l = x3.shape
+    n, c, hw = x3.shape
     sms = num_sms(x3.device)
     tile = _STREAM_TILE // inputs
     if x3.stride(1) == 1 and x3.stride(2) != 1 and c > 1:  # channels_last: channels contiguous
         block_c = min(next_pow2(c), _CL_BLOCK_C)
         min_c = max(1, _SECTOR_BYTES // x3.element_size())
-        while block_c > min_c and n * cdiv(c, block_c) < _SPLIT_BELOW_PER_SM * sms:
+        while block_c > min_c and n * cdiv(c, block_c) < _PROGRAMS_PER_SM * sms:
             block_c //= 2
-        block_l = min(next_pow2(l), max(1, tile // block_c))
+        block_l = min(next_pow2(hw), max(1, tile // block_c))
     else:
-        block_l = min(next_pow2(l), tile)
+        block_l = min(next_pow2(hw), tile)
         block_c = min(next_pow2(c), max(1, tile // block_l))
     programs = n * cdiv(c, block_c)
-    if programs < _SPLIT_BELOW_PER_SM * sms and l >= 2 * _MIN_SPLIT_SPAN:
-        splits = min(cdiv(_SPLIT_TARGET_PER_SM * sms, programs), l // _MIN_SPLIT_SPAN)
+    if programs < _SPLIT_BELOW_PER_SM * sms and hw >= 2 * _MIN_SPLIT_SPAN:
+        splits = min(cdiv(_SPLIT_TARGET_PER_SM * sms, programs), hw // _MIN_SPLIT_SPAN)
         return AdaINConfig(block_c, block_l, splits, False, _num_warps(block_c * block_l))
-    if block_c * next_pow2(l) <= _ONE_PASS_MAX:
-        return AdaINConfig(block_c, next_pow2(l), 1, True, _num_warps(block_c * next_pow2(l)))
+    if block_c * next_pow2(hw) <= _ONE_PASS_MAX:
+        return AdaINConfig(block_c, next_pow2(hw), 1, True, _num_warps(block_c * next_pow2(hw)))
     return AdaINConfig(block_c, block_l, 1, False, _num_warps(block_c * block_l))
 
 
-def _rows(t: torch.Tensor, n: int, c: int, l: int) -> torch.Tensor:
+def _rows(t: torch.Tensor, n: int, c: int, hw: int) -> torch.Tensor:
     """(N, C, L) view of t (N, C, *spatial); a copy only when the spatial strides don't merge."""
     try:
-        return t.view(n, c, l)
+        return t.view(n, c, hw)
     except RuntimeError:
-        return t.contiguous().view(n, c, l)
+        return t.contiguous().view(n, c, hw)
 
 
 def _out_rows(out: torch.Tensor | None, like3: torch.Tensor, shape, name: str):
@@ -389,18 +392,18 @@ def _out_rows(out: torch.Tensor | None, like3: torch.Tensor, shape, name: str):
     try:
         return out, out.view(like3.shape)
     except RuntimeError:
-        raise ValueError(f"{name}: out must be viewable as (N, C, H*W) (merge-able spatial strides)") from None
+        raise ValueError(f"{name}: out must be viewable as (N, C, H*W) (mergeable spatial strides)") from None
 
 
-def _split_span(l: int, cfg: AdaINConfig) -> tuple[int, int]:
+def _split_span(hw: int, cfg: AdaINConfig) -> tuple[int, int]:
     """Positions per split (a multiple of block_l, so loads stay aligned) and the resulting split count."""
-    span = cdiv(cdiv(l, cfg.splits), cfg.block_l) * cfg.block_l
-    return span, cdiv(l, span)
+    span = cdiv(cdiv(hw, cfg.splits), cfg.block_l) * cfg.block_l
+    return span, cdiv(hw, span)
 
 
-def _check_one_pass(cfg: AdaINConfig, l: int) -> None:
-    if cfg.one_pass and cfg.block_l < l:
-        raise ValueError(f"AdaINConfig.one_pass needs block_l >= H*W = {l}, got {cfg.block_l}")
+def _check_one_pass(cfg: AdaINConfig, hw: int) -> None:
+    if cfg.one_pass and cfg.block_l < hw:
+        raise ValueError(f"AdaINConfig.one_pass needs block_l >= H*W = {hw}, got {cfg.block_l}")
 
 
 def adain_forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS, *,
@@ -409,11 +412,11 @@ def adain_forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: f
 
     mu, rstd: (N, C) fp32 (fp64 for fp64 x) -- what backward needs. out: optional buffer for y.
     """
-    n, c, l = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    n, c, hw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     mu = torch.full((n, c), float("nan"), dtype=acc, device=x.device)  # stays NaN only if H*W == 0
     rstd = mu.clone()
-    x3 = _rows(x, n, c, l)
+    x3 = _rows(x, n, c, hw)
     y, y3 = _out_rows(out, x3, x.shape, "adain_forward")
     if x3.numel() == 0:
         return y, mu, rstd
@@ -422,35 +425,36 @@ def adain_forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: f
     ncb = cdiv(c, cfg.block_c)
     strides = (*x3.stride(), *y3.stride(), *mean.stride(), *std.stride())
     if cfg.splits == 1:
-        _check_one_pass(cfg, l)
-        _adain_fwd_kernel[(n * ncb,)](x3, y3, mean, std, mu, rstd, c, l, ncb, eps, *strides,
+        _check_one_pass(cfg, hw)
+        _adain_fwd_kernel[(n * ncb,)](x3, y3, mean, std, mu, rstd, c, hw, ncb, eps, *strides,
                                       BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, ONE_PASS=cfg.one_pass,
                                       num_warps=cfg.num_warps)
         return y, mu, rstd
-    span, splits = _split_span(l, cfg)
+    span, splits = _split_span(hw, cfg)
     pmean = torch.empty((n * c, splits), dtype=acc, device=x.device)
     pm2 = torch.empty_like(pmean)
     grid = (n * ncb, splits)
-    _adain_fwd_partial_kernel[grid](x3, pmean, pm2, c, l, ncb, span, *x3.stride(),
+    _adain_fwd_partial_kernel[grid](x3, pmean, pm2, c, hw, ncb, span, *x3.stride(),
                                     BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, num_warps=cfg.num_warps)
-    _adain_fwd_apply_kernel[grid](x3, y3, mean, std, pmean, pm2, mu, rstd, c, l, ncb, span, eps, *strides,
+    _adain_fwd_apply_kernel[grid](x3, y3, mean, std, pmean, pm2, mu, rstd, c, hw, ncb, span, eps, *strides,
                                   BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, BLOCK_S=next_pow2(splits),
                                   num_warps=cfg.num_warps)
     return y, mu, rstd
 
 
-def adain_backward(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, rstd: torch.Tensor, std: torch.Tensor,
-                   *, config: AdaINConfig | None = None, need_dx: bool = True, out: torch.Tensor | None = None):
+def adain_backward(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, rstd: torch.Tensor,
+                   std: torch.Tensor, *, config: AdaINConfig | None = None, need_dx: bool = True,
+                   out: torch.Tensor | None = None):
     """(dx or None, d mean', d std') from dy and what forward saved.
 
     d mean' = sum dy and d std' = sum dy * xhat per (n, c), (N, C) in mu's dtype. out: optional buffer for dx.
     """
-    n, c, l = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    n, c, hw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     if dy.shape != x.shape:
         raise ValueError(f"adain_backward: dy {tuple(dy.shape)} and x {tuple(x.shape)} differ")
     dmean = torch.zeros_like(mu)
     dstd = torch.zeros_like(mu)
-    x3, dy3 = _rows(x, n, c, l), _rows(dy, n, c, l)
+    x3, dy3 = _rows(x, n, c, hw), _rows(dy, n, c, hw)
     dx, dx3 = _out_rows(out, x3, x.shape, "adain_backward") if need_dx else (None, x3)  # x3: unused pointer
     if x3.numel() == 0:
         return dx, dmean, dstd
@@ -459,18 +463,19 @@ def adain_backward(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, rstd: to
     ncb = cdiv(c, cfg.block_c)
     strides = (*dy3.stride(), *x3.stride(), *dx3.stride(), *std.stride())
     if cfg.splits == 1:
-        _check_one_pass(cfg, l)
-        _adain_bwd_kernel[(n * ncb,)](dy3, x3, mu, rstd, std, dx3, dmean, dstd, c, l, ncb, *strides,
+        _check_one_pass(cfg, hw)
+        _adain_bwd_kernel[(n * ncb,)](dy3, x3, mu, rstd, std, dx3, dmean, dstd, c, hw, ncb, *strides,
                                       BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, ONE_PASS=cfg.one_pass,
                                       COMPUTE_DX=need_dx, num_warps=cfg.num_warps)
         return dx, dmean, dstd
-    span, splits = _split_span(l, cfg)
+    span, splits = _split_span(hw, cfg)
     psdy = torch.empty((n * c, splits), dtype=mu.dtype, device=x.device)
     psdyx = torch.empty_like(psdy)
     grid = (n * ncb, splits)
-    _adain_bwd_partial_kernel[grid](dy3, x3, mu, rstd, psdy, psdyx, c, l, ncb, span, *dy3.stride(), *x3.stride(),
-                                    BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, num_warps=cfg.num_warps)
-    _adain_bwd_apply_kernel[grid](dy3, x3, mu, rstd, std, psdy, psdyx, dx3, dmean, dstd, c, l, ncb, span,
+    _adain_bwd_partial_kernel[grid](dy3, x3, mu, rstd, psdy, psdyx, c, hw, ncb, span, *dy3.stride(),
+                                    *x3.stride(), BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l,
+                                    num_warps=cfg.num_warps)
+    _adain_bwd_apply_kernel[grid](dy3, x3, mu, rstd, std, psdy, psdyx, dx3, dmean, dstd, c, hw, ncb, span,
                                   *strides, BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l,
                                   BLOCK_S=next_pow2(splits), COMPUTE_DX=need_dx, num_warps=cfg.num_warps)
     return dx, dmean, dstd
@@ -514,8 +519,8 @@ def _style_param(p: torch.Tensor, n: int, c: int, x: torch.Tensor, name: str) ->
             raise RuntimeError
         return p.expand(n, c)
     except RuntimeError:
-        raise ValueError(f"adain: {name} of shape {tuple(p.shape)} does not broadcast to (N, C) = ({n}, {c})") \
-            from None
+        msg = f"adain: {name} of shape {tuple(p.shape)} does not broadcast to (N, C) = ({n}, {c})"
+        raise ValueError(msg) from None
 
 
 def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS, *,

@@ -6,8 +6,9 @@ var = diag(Cov) (the unary score) comes out of the same matrix.
 
 One kernel: each program owns a BLOCK_C x BLOCK_C tile (ti <= tj) of Cov and loops over (n, l-block).
 Per step it loads the K tiles of rows I and J, takes their mean over k in registers (first k-loop),
-reloads them (an L1/L2 hit) and centres them in the load prologue, and accumulates
-D_I D_J^T with tl.dot in fp32 (input_precision "ieee" = exact fp32 products, or "tf32" = tensor cores).
+reloads them (an L1/L2 hit) and centres them in the load prologue, and accumulates D_I D_J^T with
+tl.dot in fp32 (input_precision "ieee" = exact fp32 products on FMA units, "tf32" = tensor cores,
+"tf32x3" = tensor cores with ~fp32 accuracy; the interpreter computes all three exactly).
 D is never written to memory. Only upper tiles are computed; each stores its tile and the mirror
 (strictly-lower part only on diagonal tiles), so Cov is exactly symmetric. When the C x C tiles are too
 few to fill the GPU, the (n, l) loop is split over S programs writing S partial Gram matrices, summed
@@ -29,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from npdg.kernels.utils import autotune_enabled, cdiv, check_launchable, next_pow2, num_sms
+from .utils import autotune_enabled, cdiv, check_launchable, next_pow2, num_sms
 
 # --- constants (design reasoning for H100/H200; re-measure with benches/bench_sensitivity.py) ----------
 # tl.dot needs every dimension >= 16; 16 is also the smallest tile that keeps C = 1..16 cheap.
@@ -50,7 +51,9 @@ _AUTOTUNE_CONFIGS = [
     triton.Config({"BLOCK_C": 32, "BLOCK_L": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_C": 16, "BLOCK_L": 64}, num_warps=4, num_stages=3),
 ]
-_PRECISIONS = ("ieee", "tf32")
+# ieee: exact fp32 products (FMA units); tf32: tensor cores, 10-bit mantissa products; tf32x3: three tf32
+# products per fp32 product (hi*hi + hi*lo + lo*hi), ~fp32 accuracy at tensor-core speed.
+_PRECISIONS = ("ieee", "tf32", "tf32x3")
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -139,22 +142,22 @@ class CovConfig:
             raise ValueError(f"CovConfig.splits={self.splits}: must be >= 1")
 
 
-def _splits(n: int, c: int, l: int, block_c: int, device) -> int:
+def _splits(n: int, c: int, length: int, block_c: int, device) -> int:
     """Split the (n, l) loop when the upper-triangle tiles can't fill the GPU."""
     nb = cdiv(c, block_c)
     tiles = nb * (nb + 1) // 2
     sms = num_sms(device)
     if tiles >= _SPLIT_BELOW_PER_SM * sms:
         return 1
-    return max(1, min(cdiv(_SPLIT_TARGET_PER_SM * sms, tiles), n * cdiv(l, _BLOCK_L)))
+    return max(1, min(cdiv(_SPLIT_TARGET_PER_SM * sms, tiles), n * cdiv(length, _BLOCK_L)))
 
 
 def cov_config(acts: torch.Tensor) -> CovConfig:
     """Heuristic fixed config (used where autotuning is off, e.g. under the interpreter)."""
-    _, n, c, l = acts.shape
+    _, n, c, length = acts.shape
     block_c = max(_MIN_BLOCK, min(_BLOCK_C, next_pow2(c)))
-    block_l = max(_MIN_BLOCK, min(_BLOCK_L, next_pow2(l)))
-    return CovConfig(block_c, block_l, _splits(n, c, l, block_c, acts.device), 8 if block_c >= 64 else 4)
+    block_l = max(_MIN_BLOCK, min(_BLOCK_L, next_pow2(length)))
+    return CovConfig(block_c, block_l, _splits(n, c, length, block_c, acts.device), 8 if block_c >= 64 else 4)
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -179,11 +182,12 @@ def _tuned_kernel(do_bench=None):
 
 def _launch(acts, out, precision, splits, kernel, meta):
     """Run kernel over a (splits, C, C) fp32 buffer (out itself when splits == 1); returns Cov (C, C)."""
-    k, n, c, l = acts.shape
+    k, n, c, length = acts.shape
     buf = out.view(1, c, c) if splits == 1 else torch.empty((splits, c, c), dtype=torch.float32,
                                                               device=acts.device)
     grid = lambda m: (cdiv(c, m["BLOCK_C"]) * (cdiv(c, m["BLOCK_C"]) + 1) // 2, splits)
-    kernel[grid](acts, buf, n, c, l, k, *acts.stride(), c * c, 1.0 / (k * n * l), PRECISION=precision, **meta)
+    kernel[grid](acts, buf, n, c, length, k, *acts.stride(), c * c, 1.0 / (k * n * length),
+                 PRECISION=precision, **meta)
     if splits > 1:
         torch.sum(buf, dim=0, out=out)
     return out
@@ -202,18 +206,19 @@ def style_cov(acts: torch.Tensor, precision: str = "ieee", *, config: CovConfig 
         raise TypeError(f"style_cov: dtype {acts.dtype} not supported (fp16, bf16, fp32; fp64 -> reference)")
     if precision not in _PRECISIONS:
         raise ValueError(f"style_cov: precision={precision!r}, expected one of {_PRECISIONS}")
-    k, n, c, l = acts.shape
+    k, n, c, length = acts.shape
     if out is None:
         out = torch.empty((c, c), dtype=torch.float32, device=acts.device)
-    elif out.shape != (c, c) or out.dtype != torch.float32 or out.device != acts.device or not out.is_contiguous():
+    elif (out.shape != (c, c) or out.dtype != torch.float32 or out.device != acts.device
+          or not out.is_contiguous()):
         raise ValueError(f"style_cov: out must be a contiguous ({c}, {c}) float32 tensor on {acts.device}")
     if c == 0:
         return out
-    if k * n * l == 0:
+    if k * n * length == 0:
         return out.zero_()  # an empty Gram, as in the reference
     check_launchable(_style_cov_kernel, acts, "style_cov")
     if config is None and autotune_enabled(acts.device):
-        splits = _splits(n, c, l, _BLOCK_C, acts.device)
+        splits = _splits(n, c, length, _BLOCK_C, acts.device)
         return _launch(acts, out, precision, splits, _tuned_kernel(), {})
     cfg = config or cov_config(acts)
     meta = dict(BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -26,7 +26,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -54,7 +54,7 @@ def check_launchable(kernel, t: torch.Tensor, name: str) -> None:
     interpreted = isinstance(kernel, InterpretedFunction)
     if t.device.type == "cpu" and not interpreted:
         hint = ("TRITON_INTERPRET=1 was set after npdg.kernels was imported; set it before the first import"
-                if interpreting() else "CPU tensors need TRITON_INTERPRET=1 (set before importing npdg.kernels)")
+                if interpreting() else "CPU tensors need TRITON_INTERPRET=1 before npdg.kernels is imported")
         raise RuntimeError(f"{name}: cannot launch a compiled Triton kernel on a CPU tensor: {hint}")
     if t.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"{name}: unsupported device {t.device}")

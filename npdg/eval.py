@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from npdg.data.labels import CLASSES, IGNORE_INDEX
+from npdg.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from npdg.data.spec import KINDS, SpecError, build_dataset
 from npdg.metrics import ConfusionMatrix, format_table
 
@@ -65,19 +65,22 @@ def _collate(samples):
 
 @torch.no_grad()
 def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, window=None, stride=None,
-             num_workers=0, num_classes=len(CLASSES), class_names=CLASSES, progress=True, desc=None):
+             num_workers=0, num_classes=NUM_CLASSES, class_names=CLASSES, progress=True, desc=None,
+             distributed=False):
     """mIoU of ``model`` on ``dataset`` -> {"miou": percent, "per_class": {name: percent or None}}.
 
     ``dataset`` yields (normalized image (3, H, W), int64 label (H, W), 255 = ignore), e.g. from
     :func:`npdg.data.build_dataset`. ``sliding=True`` evaluates ``window`` (H, W) crops every
-    ``stride`` (default: 2/3 of the window) instead of whole images. Under torch.distributed each rank
-    evaluates every world_size-th sample and the confusion matrices are summed, so all ranks return
-    the full result. The model's train/eval mode is restored afterwards.
+    ``stride`` (default: 2/3 of the window) instead of whole images. ``distributed=True`` (only when
+    EVERY rank of an initialised torch.distributed group calls this): each rank evaluates every
+    world_size-th sample and the confusion matrices are summed, so all ranks return the full result;
+    the default evaluates the whole dataset locally with no collective (safe to call on rank 0 only).
+    The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device)
     dist = torch.distributed
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
-        else (0, 1)
+    sharded = distributed and dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=_collate)
@@ -101,7 +104,8 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
                 cm.update(logits.argmax(1), labels)
     finally:
         model.train(was_training)
-    cm.all_reduce()
+    if sharded:
+        cm.all_reduce()
     return cm.summary(class_names)
 
 
@@ -117,12 +121,14 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m npdg.eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Reported numbers (table and JSON) are IoU in percent.")
-    p.add_argument("--checkpoint", required=True, help="model file from npdg.save_model or a training checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="model file from npdg.save_model, or a training checkpoint")
     p.add_argument("--data", action="append", required=True, metavar="SPEC",
                    help=f"dataset, repeatable: KIND:ARG with KIND in {{{', '.join(KINDS)}}}, "
                         "e.g. synthetic:fog, folder:DIR, cityscapes:ROOT")
     p.add_argument("--split", default=None, help="dataset split (default: val / validation / all per kind)")
-    p.add_argument("--json", type=Path, help="write {SPEC: {miou: percent, per_class: {class: percent|null}}}")
+    p.add_argument("--json", type=Path,
+                   help="write {SPEC: {miou: percent, per_class: {class: percent or null}}}")
     p.add_argument("--size", type=_hw, default=None,
                    help="HxW: synthetic generation size (default 128x256); resize for on-disk data")
     p.add_argument("--num", type=int, default=None, help="synthetic scenes / first N on-disk samples")
@@ -143,7 +149,8 @@ def main(argv=None):
     datasets = {}
     for spec in args.data:
         try:
-            datasets[spec] = build_dataset(spec, split=args.split, size=args.size, num=args.num, seed=args.seed)
+            datasets[spec] = build_dataset(spec, split=args.split, size=args.size, num=args.num,
+                                           seed=args.seed)
         except (SpecError, FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -152,8 +159,9 @@ def main(argv=None):
     model = npdg.load_model(args.checkpoint, map_location="cpu").to(args.device)
     results = {}
     for spec, ds in datasets.items():
-        results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=args.device, sliding=args.sliding,
-                                 window=args.window, stride=args.stride, num_workers=args.workers, desc=spec)
+        results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=args.device,
+                                 sliding=args.sliding, window=args.window, stride=args.stride,
+                                 num_workers=args.workers, desc=spec)
         miou = results[spec]["miou"]
         shown = "n/a (no labelled pixels)" if miou is None else f"{miou:.2f}%"
         print(f"{spec}: mIoU {shown} over {len(ds)} images", file=sys.stderr)

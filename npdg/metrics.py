@@ -47,7 +47,8 @@ class ConfusionMatrix:
             raise ValueError(f"target labels must be in [0, {n}) or {self.ignore_index}; "
                              f"found {target.min().item()}..{target.max().item()}")
         if pred.numel() and (pred.min() < 0 or pred.max() >= n):
-            raise ValueError(f"predictions must be in [0, {n}); found {pred.min().item()}..{pred.max().item()}")
+            raise ValueError(f"predictions must be in [0, {n}); "
+                             f"found {pred.min().item()}..{pred.max().item()}")
         counts = torch.bincount(target * n + pred, minlength=n * n).view(n, n)
         self.mat += counts.to(self.mat.device)
         return self
@@ -55,7 +56,8 @@ class ConfusionMatrix:
     def merge(self, other):
         """Add another matrix (e.g. from another worker) into this one."""
         if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes}-class matrix into {self.num_classes}-class one")
+            raise ValueError(f"cannot merge a {other.num_classes}-class matrix into a "
+                             f"{self.num_classes}-class one")
         self.mat += other.mat.to(self.mat.device)
         return self
 
@@ -90,8 +92,8 @@ class ConfusionMatrix:
                                 [str(i) for i in range(self.num_classes)])
         iou = self.iou().tolist()
         miou = self.miou()
-        return {"miou": None if miou != miou else 100.0 * miou,
-                "per_class": {name: (None if v != v else 100.0 * v) for name, v in zip(names, iou)}}
+        per_class = {name: (None if v != v else 100.0 * v) for name, v in zip(names, iou, strict=True)}
+        return {"miou": None if miou != miou else 100.0 * miou, "per_class": per_class}
 
 
 def mean_iou(pred, target, num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX):

@@ -59,8 +59,8 @@ def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = r
 def style_sensitivity(acts: torch.Tensor, precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor]:
     """(var (C,), cov (C, C)) of D = acts - mean_k(acts) for acts (K, N, C, L), fp32 accumulation.
 
-    precision: 'ieee' (exact fp32 products) or 'tf32' (faster tensor-core products on the GPU); the
-    reference path ignores it.
+    precision: 'ieee' (exact fp32 products), 'tf32' (faster tensor-core products on the GPU) or 'tf32x3'
+    (tensor cores, ~fp32 accuracy); the reference path ignores it.
     """
     if kernel_backend(acts) == "triton":
         from npdg.kernels import sensitivity as _sens

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import npdg
 from npdg.config import Config, load_config, save_config
+from npdg.serialization import model_payload
 
 IGNORE_INDEX = 255
 
@@ -160,7 +161,7 @@ def train(cfg: Config) -> dict:
     metrics = {}
     if main:
         log.close()
-        torch.save({"model": npdg.serialization.model_payload(model), "optimizer": opt.state_dict(),
+        torch.save({"model": model_payload(model), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "step": cfg.iters, "config": cfg.to_dict()},
                    run_dir / "checkpoint.pt")
         npdg.save_model(model, run_dir / "model.pt")

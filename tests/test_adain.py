@@ -18,15 +18,16 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
+from npdg.kernels import adain as K  # noqa: E402
+from npdg.kernels.adain import AdaINConfig  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from npdg import ops, reference  # noqa: E402
-from npdg.kernels import adain as K  # noqa: E402
-from npdg.kernels.adain import AdaINConfig  # noqa: E402
 
 _INTERPRETED = isinstance(K._adain_fwd_kernel, InterpretedFunction)
+_NEEDS_INTERPRETER = "CPU runs need TRITON_INTERPRET=1 before npdg.kernels is imported"
 DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERPRETED, reason="CPU needs TRITON_INTERPRET=1 at import")),
+    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)),
     pytest.param("cuda", marks=[pytest.mark.cuda,
                                 pytest.mark.skipif(not torch.cuda.is_available() or _INTERPRETED,
                                                    reason="needs CUDA (compiled kernels)")]),
@@ -44,8 +45,8 @@ SHAPES = [
     (2, 3, 5, 7),     # H*W = 35, not a multiple of any block
     (1, 1, 1, 1),     # N*C = 1, H*W = 1
     (2, 1, 9, 11),    # C = 1
-    (3, 20, 4, 4),    # several channel blocks
-    (1, 2, 1, 4099),  # "large" H*W: 17 chunks of 256, split in 3 (scaled-down 262 144)
+    (2, 5, 4, 4),     # several channel blocks, the last one partly masked
+    (1, 2, 1, 4099),  # "large" H*W: 5 chunks of 1024, split in 3 (scaled-down 262 144)
 ]
 MODES = ["auto", "stream", "split", "one_pass"]
 
@@ -54,12 +55,20 @@ def _config(mode: str, hw: int) -> AdaINConfig | None:
     """Small explicit configs so every code path runs on tiny inputs."""
     if mode == "auto":
         return None
-    block_l = min(256, max(1, 1 << max(0, (hw - 1).bit_length() - 3)))  # ~8 chunks per row, <= 256
+    block_l = min(1024, max(1, 1 << max(0, (hw - 1).bit_length() - 2)))  # 3-4 chunks per row
     if mode == "stream":
         return AdaINConfig(block_c=2, block_l=block_l)
     if mode == "split":
         return AdaINConfig(block_c=2, block_l=block_l, splits=3)
     return AdaINConfig(block_c=2, block_l=1 << max(0, (hw - 1).bit_length()), one_pass=True)
+
+
+def _cuda_subset(shape, mode, layout, dtype) -> bool:
+    """The slice of the CPU matrix also run on CUDA, where every new combination is a Triton compile."""
+    if shape not in ((2, 3, 5, 7), (1, 2, 1, 4099)):
+        return False
+    return (dtype == torch.float32 or (mode == "auto" and dtype != torch.float64)
+            or (dtype == torch.float64 and mode == "split" and layout == "contiguous"))
 
 
 def _inputs(shape, dtype, device, layout="contiguous", seed=0):
@@ -93,6 +102,8 @@ def _close(actual, expected, dtype, scale=1.0):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_launchers_match_reference(device, shape, mode, layout, dtype):
+    if device == "cuda" and not _cuda_subset(shape, mode, layout, dtype):
+        pytest.skip("run on CPU only: keeps the GPU check's compile count small")
     x, mean, std, dy = _inputs(shape, dtype, device, layout)
     hw = math.prod(shape[2:])
     cfg = _config(mode, hw)
@@ -138,14 +149,14 @@ def test_autograd_function_broadcast_params(device, dtype, param_shape):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("mode", ["stream", "split", "one_pass"])
+@pytest.mark.parametrize("layout, mode", [("contiguous", "stream"), ("contiguous", "one_pass"),
+                                          ("contiguous", "split"), ("channels_last", "split")])
 def test_gradcheck_fp64_through_kernels(device, layout, mode):
     """gradcheck in float64 through the Triton path itself (the kernels accumulate fp64 for fp64 input)."""
-    x, mean, std, _ = _inputs((2, 2, 2, 3), torch.float64, device, layout)
-    cfg = _config(mode, 6)
-    if mode == "split":
-        cfg = AdaINConfig(block_c=2, block_l=2, splits=2)
+    x, mean, std, _ = _inputs((2, 2, 1, 3), torch.float64, device, layout)
+    cfg = {"stream": AdaINConfig(block_c=2, block_l=2),
+           "one_pass": AdaINConfig(block_c=2, block_l=4, one_pass=True),
+           "split": AdaINConfig(block_c=2, block_l=2, splits=2)}[mode]
     args = tuple(t.detach().clone().requires_grad_() for t in (x, mean, std))
     assert torch.autograd.gradcheck(lambda a, m, s: K.adain(a, m, s, config=cfg), args)
 
@@ -155,6 +166,8 @@ def test_gradcheck_fp64_through_kernels(device, layout, mode):
 @pytest.mark.parametrize("mode", ["stream", "split", "one_pass"])
 def test_constant_channel_is_finite(device, dtype, mode):
     """sigma = 0: eps keeps rstd finite, y = mean' on that channel, no NaN anywhere (fwd or bwd)."""
+    if device == "cuda" and dtype in (torch.float16, torch.float64):
+        pytest.skip("run on CPU only: keeps the GPU check's compile count small")
     x, mean, std, dy = _inputs((2, 3, 1, 4099), dtype, device)
     x[:, 1] = 2.5
     x, mean, std = (t.clone().requires_grad_() for t in (x, mean, std))
@@ -263,3 +276,57 @@ def test_config_heuristics():
     cl = cfg((8, 256, 192, 192), channels_last=True, dtype=torch.bfloat16)
     assert cl.block_c * 2 >= 32  # at least one 32-byte sector of channels per position
     assert cfg((8, 256, 192, 192), inputs=2).block_l <= 2048
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available() or _INTERPRETED, reason="needs CUDA (compiled)")
+
+
+@pytest.mark.cuda
+@_CUDA
+@pytest.mark.parametrize("shape, dtype, layout, path", [
+    ((8, 64, 128, 128), torch.float32, "contiguous", "one_pass"),  # MiT stage 1: H*W = 16384
+    ((4, 96, 192, 192), torch.float32, "contiguous", "stream"),    # H*W = 36864 (R50 at 768)
+    ((1, 3, 512, 512), torch.float32, "contiguous", "split"),      # 3 rows of 262 144
+    ((8, 256, 32, 32), torch.bfloat16, "channels_last", "one_pass"),
+    ((8, 256, 192, 192), torch.float32, "channels_last", "stream"),
+    ((1, 8, 512, 512), torch.bfloat16, "channels_last", "split"),
+], ids=str)
+def test_heuristic_configs_on_cuda(shape, dtype, layout, path):
+    """Real-size shapes through the default (heuristic) configs the GPU actually uses."""
+    x, mean, std, dy = _inputs(shape, dtype, "cuda", layout)
+    cfg = K.adain_config(x.flatten(2))
+    assert path == ("split" if cfg.splits > 1 else "one_pass" if cfg.one_pass else "stream")
+    x, mean, std = (t.clone().requires_grad_() for t in (x, mean, std))
+    y = K.adain(x, mean, std)
+    y.backward(dy)
+    yr, dxr, dmr, dsr = _reference(x, mean, std, dy)
+    hw = math.prod(shape[2:])
+    _close(y, yr, dtype)
+    _close(x.grad, dxr, dtype)
+    _close(mean.grad, dmr, dtype, scale=hw)
+    _close(std.grad, dsr, dtype, scale=hw)
+
+
+@pytest.mark.cuda
+@_CUDA
+def test_int64_offsets_on_cuda():
+    """8 x 256 x 1024 x 1024 fp16 (> 2**31 elements, 4.3 GB): offsets past 2**31 land right."""
+    shape = (8, 256, 1024, 1024)
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs ~18 GB of GPU memory")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.empty(shape, dtype=torch.float16, device="cuda").normal_(2, 3, generator=gen)
+    dy = torch.empty_like(x).normal_(generator=gen)
+    mean = torch.randn(8, 256, device="cuda", generator=gen)
+    std = torch.rand(8, 256, device="cuda", generator=gen) + 0.5
+    y, mu, rstd = K.adain_forward(x, mean, std)
+    dx, dmean, dstd = K.adain_backward(dy, x, mu, rstd, std)
+    for n, c in ((7, slice(250, 256)), (0, slice(0, 2))):  # the last rows are past 2**31 elements
+        sl = (slice(n, n + 1), c)
+        yr, dxr, dmr, dsr = _reference(x[sl], mean[sl], std[sl], dy[sl])
+        _close(y[sl], yr, torch.float16)
+        _close(dx[sl], dxr, torch.float16)
+        _close(dmean[sl], dmr, torch.float32, scale=2**20)
+        _close(dstd[sl], dsr, torch.float32, scale=2**20)
+    del x, dy, y, dx
+    torch.cuda.empty_cache()

@@ -160,6 +160,20 @@ def test_compact_large_spans_many_chunks(ext, shape):
         _check_compact(ext.compact, x, ["none", "subset", "shuffled"], gen)
 
 
+def test_gpu_index_math_on_cpu(ext, monkeypatch):
+    """NPDG_COMPACT_GENERIC=1 makes the CPU path decode every element like the CUDA kernel does
+    (csrc/compact_desc.h: locate), so this covers the GPU's index math on a machine without one."""
+    monkeypatch.setenv("NPDG_COMPACT_GENERIC", "1")
+    gen = torch.Generator().manual_seed(5)
+    for shape in SHAPES + [(300, 70, 3, 3)]:
+        for dtype in [torch.float32, torch.float16, torch.float64]:
+            for layout in ["contiguous", "transposed", "sliced", "permuted"]:
+                _check_compact(ext.compact, _make(shape, dtype, layout, gen), KINDS, gen)
+    srcs, outs, ins = _param_list(gen)
+    got = ext.compact_many(srcs, outs, ins)
+    assert all(torch.equal(g, w) for g, w in zip(got, reference.compact_many(srcs, outs, ins), strict=True))
+
+
 def _param_list(gen, device="cpu"):
     """A small network's worth of parameters: mixed shapes, dtypes, layouts, keep sets."""
     srcs = [

@@ -5,12 +5,20 @@ import pytest
 import torch
 from PIL import Image
 
-from npdg.data import (CLASSES, DOMAINS, TARGET_DOMAINS, SpecError, SyntheticSegmentation, build_dataset,
-                       parse_spec)
+from npdg.data import (
+    CLASSES,
+    DOMAINS,
+    TARGET_DOMAINS,
+    SpecError,
+    SyntheticSegmentation,
+    build_dataset,
+    parse_spec,
+)
 from npdg.data.__main__ import main as data_main
 from npdg.data.transforms import TrainAugment, denormalize, gaussian_blur, normalize
 
 SIZE = (48, 96)
+ALL_KINDS = "synthetic, folder, cityscapes, gta5, bdd100k, mapillary, synthia"
 
 
 def test_domains_listed():
@@ -26,10 +34,13 @@ def test_deterministic_per_seed_index_split():
         ib, lb = b.raw(i)
         assert np.array_equal(ia, ib) and np.array_equal(la, lb)
     # random access order does not matter
-    assert np.array_equal(a.raw(2)[0], SyntheticSegmentation("source", "train", SIZE, num=3, seed=5).raw(2)[0])
+    fresh = SyntheticSegmentation("source", "train", SIZE, num=3, seed=5)
+    assert np.array_equal(a.raw(2)[0], fresh.raw(2)[0])
     # other seed / split -> other scene
-    assert not np.array_equal(a.raw(0)[1], SyntheticSegmentation("source", "train", SIZE, num=3, seed=6).raw(0)[1])
-    assert not np.array_equal(a.raw(0)[1], SyntheticSegmentation("source", "val", SIZE, num=3, seed=5).raw(0)[1])
+    other_seed = SyntheticSegmentation("source", "train", SIZE, num=3, seed=6)
+    other_split = SyntheticSegmentation("source", "val", SIZE, num=3, seed=5)
+    assert not np.array_equal(a.raw(0)[1], other_seed.raw(0)[1])
+    assert not np.array_equal(a.raw(0)[1], other_split.raw(0)[1])
 
 
 def test_train_and_val_scenes_are_disjoint():
@@ -90,7 +101,7 @@ def test_train_augment_deterministic_and_label_safe():
     ds = SyntheticSegmentation("source", "train", SIZE, num=4, transform=aug, normalize=False)
     a = [ds[i] for i in range(4)]
     b = [ds[i] for i in range(4)]
-    for (ia, la), (ib, lb) in zip(a, b):
+    for (ia, la), (ib, lb) in zip(a, b, strict=True):
         assert ia.shape == (3, 40, 60) and la.shape == (40, 60)
         assert torch.equal(ia, ib) and torch.equal(la, lb)
         assert set(la.unique().tolist()) <= set(range(19)) | {255}  # nearest resize, 255 padding only
@@ -111,7 +122,7 @@ def test_spec_parsing_and_errors():
     assert parse_spec("folder:/x/y") == ("folder", "/x/y")
     assert parse_spec("synthetic:fog") == ("synthetic", "fog")
     for bad in ("nope:/x", "synthetic", "cityscapes:", "imagenet:/data"):
-        with pytest.raises(SpecError, match="synthetic, folder, cityscapes, gta5, bdd100k, mapillary, synthia"):
+        with pytest.raises(SpecError, match=ALL_KINDS):
             parse_spec(bad)
     with pytest.raises(SpecError, match="painted"):
         build_dataset("synthetic:mars")
@@ -127,7 +138,7 @@ def test_export_cli_round_trip(tmp_path):
     images = sorted((out / "images").glob("*.png"))
     labels = sorted((out / "labels").glob("*.png"))
     assert [p.name for p in images] == [p.name for p in labels] and len(images) == 3
-    for i, (ip, lp) in enumerate(zip(images, labels)):
+    for i, (ip, lp) in enumerate(zip(images, labels, strict=True)):
         assert np.array_equal(np.asarray(Image.open(ip)), ds.raw(i)[0])
         assert np.array_equal(np.asarray(Image.open(lp)), ds.raw(i)[1])
     folder = build_dataset(f"folder:{out}")

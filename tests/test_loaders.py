@@ -48,7 +48,8 @@ def png16(values):
         rows.append(bytes([f]) + ((x - pred) & 255).astype(np.uint8).tobytes())
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ctype = {1: 0, 3: 2, 4: 6}[c]
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))
@@ -109,8 +110,9 @@ def test_bdd100k(tmp_path, old_layout):
 def test_mapillary_ids_and_colours(tmp_path):
     names = [n for n, _ in MAPILLARY_CLASSES]
     ids = np.full((H, W), names.index("construction--flat--road"))
-    ids[0, :5] = [names.index(n) for n in ("object--vehicle--car", "construction--barrier--curb", "nature--sand",
-                                          "object--traffic-sign--back", "human--rider--motorcyclist")]
+    first = ("object--vehicle--car", "construction--barrier--curb", "nature--sand",
+             "object--traffic-sign--back", "human--rider--motorcyclist")
+    ids[0, :5] = [names.index(n) for n in first]
     write_image(tmp_path / "validation" / "images" / "a.jpg")
     write_ids(tmp_path / "validation" / "labels" / "a.png", ids, palette=True)
     write_image(tmp_path / "validation" / "images" / "b.jpg")

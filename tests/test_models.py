@@ -24,7 +24,8 @@ EXPECTED_NAMES = {
 }
 NUM_CLASSES = 5
 ODD = (33, 45)
-# Same code as r50 / b2 with more blocks; their seconds-long file I/O and compaction checks are `slow`.
+# Same code as r50 / b2 with more blocks: by default only built, checked and run forward once; their
+# seconds-long backward, file I/O and compaction checks are marked `slow`.
 DEEP = {"deeplabv3plus_r101", "segformer_b3", "segformer_b4", "segformer_b5"}
 EVERY_MODEL = sorted(EXPECTED_NAMES)
 EVERY_MODEL_DEEP_SLOW = [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in EVERY_MODEL]
@@ -79,7 +80,7 @@ def test_unknown_name_lists_valid_names():
 # ---- contract: every model -------------------------------------------------------------------------
 
 
-@each_model
+@each_model_deep_slow
 def test_forward_backward_odd_size(model):
     model.train()
     try:
@@ -121,7 +122,7 @@ def test_units_match_layer_shapes(model):
     assert model.arch_config()["widths"] == {g.name: g.size for g in groups}
 
 
-@each_model
+@each_model_deep_slow
 def test_activation_modules_put_units_on_dim1(model):
     groups = model.prunable_units()
     shapes = {}
@@ -141,7 +142,7 @@ def test_activation_modules_put_units_on_dim1(model):
             assert len(shapes[g.name]) == 4 and shapes[g.name][3] * g.size == g.producers[1].tensor().shape[0]
 
 
-@each_model
+@each_model_deep_slow
 def test_gates_at_one_and_empty_mask_change_nothing(model):
     x = torch.randn(1, 3, *ODD)
     with torch.no_grad():
@@ -160,7 +161,7 @@ def test_gates_at_one_and_empty_mask_change_nothing(model):
         assert torch.equal(model(x), ref)
 
 
-@each_model
+@each_model_deep_slow
 def test_style_layer_hook_changes_output(model):
     x = torch.randn(1, 3, *ODD)
     seen = []

@@ -1,6 +1,7 @@
 """Data CLI.
 
-    python -m npdg.data export --domain fog --split val --num 100 --out data/fog_val [--size 256x512] [--seed 0]
+    python -m npdg.data export --domain fog --split val --num 100 --out data/fog_val \
+        [--size 256x512] [--seed 0]
         writes DIR/images/NAME.png and DIR/labels/NAME.png (train ids, 255 = ignore): a folder dataset
         that ``python -m npdg.eval --data folder:DIR`` reads back bit-exactly.
     python -m npdg.data preview --out domains.png [--num 3] [--size 128x256]

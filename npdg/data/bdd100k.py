@@ -19,12 +19,11 @@ class BDD100KSegmentation(PairedFiles):
             (root / "seg" / "images" / split, root / "seg" / "labels" / split, "_train_id"),
             (root / "images" / split, root / "labels" / split, "_train_id"),  # ROOT = .../seg
         ]
-        for image_dir, label_dir, suffix in layouts:
-            if image_dir.is_dir():
-                break
-        else:
+        found = [layout for layout in layouts if layout[0].is_dir()]
+        if not found:
             raise FileNotFoundError(f"BDD100K: no {split!r} images under {root} (looked for "
                                     + ", ".join(str(layout[0]) for layout in layouts) + ")")
+        image_dir, label_dir, suffix = found[0]
         require_dir(label_dir, "BDD100K labels")
         pairs = pair_files(list_images(image_dir), lambda p: label_dir / f"{p.stem}{suffix}.png",
                            f"BDD100K {split} under {root}")

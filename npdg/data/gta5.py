@@ -22,7 +22,8 @@ class GTA5Segmentation(PairedFiles):
         else:
             listing = root / f"{split}.txt"
             if not listing.is_file():
-                raise DatasetError(f"GTA5: split {split!r} needs the list file {listing} (or use split='all')")
+                raise DatasetError(f"GTA5: split {split!r} needs the list file {listing} "
+                                   "(or use split='all')")
             images = [image_dir / line.strip() for line in listing.read_text().splitlines() if line.strip()]
             missing = [p for p in images if not p.is_file()]
             if missing:

@@ -137,7 +137,8 @@ def _ragged(rng, amp):
 
 def _windows(rng):
     """Window pattern of one facade: dark glass on a (column spacing, floor height) grid."""
-    sx, sy, fx, fy = rng.uniform(1.6, 3.5), rng.uniform(2.8, 3.6), rng.uniform(0.35, 0.65), rng.uniform(0.4, 0.6)
+    sx, sy = rng.uniform(1.6, 3.5), rng.uniform(2.8, 3.6)
+    fx, fy = rng.uniform(0.35, 0.65), rng.uniform(0.4, 0.6)
     return lambda Z, h: np.where(((Z / sx) % 1 < fx) & ((h / sy) % 1 > 1 - fy) & (h > 2.2), 0.45, 1.0)
 
 
@@ -246,7 +247,10 @@ def _draw_vehicle(cv, rng, X, Z, cls):
             xl = X + sx * 0.36 * w
             cv.quad(xl - 0.08, xl + 0.08, xl - 0.08, xl + 0.08, 0.42 * h, 0.52 * h, Z - 0.01, CAR, inst, 2.2)
     else:
-        w, h = (rng.uniform(2.3, 2.5), rng.uniform(3.0, 3.8)) if cls == TRUCK else (2.55, rng.uniform(3.0, 3.3))
+        if cls == TRUCK:
+            w, h = rng.uniform(2.3, 2.5), rng.uniform(3.0, 3.8)
+        else:
+            w, h = 2.55, rng.uniform(3.0, 3.3)
         win, m = cv.quad(X - w / 2, X + w / 2, X - w / 2, X + w / 2, 0.35, h, Z, cls, inst)
         if win is not None:
             height = cv.cam_h - (cv.ys[win[0], None] - cv.yh) * Z / cv.f
@@ -299,7 +303,9 @@ def make_scene(rng, H, W):
         for _ in range(rng.integers(1, 4)):
             X = edge + sgn * rng.uniform(0.3, 0.8) if rng.random() < 0.7 else edge + sgn * walk[side] * 0.9
             _draw_pole(cv, rng, X, rng.uniform(4, 70), -sgn)
-    vehicles = [CAR] * int(rng.integers(1, 7)) + [TRUCK] * int(rng.random() < 0.45) + [BUS] * int(rng.random() < 0.35)
+    vehicles = [CAR] * int(rng.integers(1, 7))
+    vehicles += [TRUCK] * int(rng.random() < 0.45)
+    vehicles += [BUS] * int(rng.random() < 0.35)
     for cls in vehicles:
         margin = 1.3 if cls == CAR else 1.5
         X = rng.uniform(rl + margin, max(rr - margin, rl + margin + 0.1))

@@ -42,7 +42,8 @@ def build_dataset(spec, split=None, size=None, num=None, seed=0, *, transform=No
         from .synthetic import DOMAINS, SyntheticSegmentation
 
         if arg not in DOMAINS:
-            raise SpecError(f"bad dataset spec {spec!r}: unknown synthetic domain; valid: {', '.join(DOMAINS)}")
+            raise SpecError(f"bad dataset spec {spec!r}: unknown synthetic domain; "
+                            f"valid: {', '.join(DOMAINS)}")
         return SyntheticSegmentation(arg, split, size=size, num=num, seed=seed, **common)
     common["size"] = size
     if kind == "folder":

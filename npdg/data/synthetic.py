@@ -19,8 +19,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .base import SegmentationDataset
-from .scene import (BUILDING, BUS, CAR, FENCE, LIGHT, PERSON, POLE, ROAD, SIDEWALK, SIGN, SKY, TERRAIN, TRUCK,
-                    VEG, WALL, make_scene)
+from .scene import (
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    LIGHT,
+    PERSON,
+    POLE,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    TERRAIN,
+    TRUCK,
+    VEG,
+    WALL,
+    make_scene,
+)
 
 SPLITS = {"train": 0, "val": 1, "test": 2}  # separate seed streams, so splits never share a scene
 DEFAULT_SIZE = (128, 256)
@@ -41,9 +57,9 @@ class Domain:
 
 _SOURCE = {ROAD: (0.33, 0.33, 0.35), SIDEWALK: (0.62, 0.58, 0.56), BUILDING: (0.58, 0.45, 0.38),
            WALL: (0.62, 0.6, 0.55), FENCE: (0.48, 0.36, 0.26), POLE: (0.45, 0.46, 0.48),
-           LIGHT: (0.15, 0.15, 0.13), SIGN: (0.8, 0.1, 0.1), VEG: (0.2, 0.42, 0.15), TERRAIN: (0.45, 0.55, 0.25),
-           SKY: (0.6, 0.72, 0.9), PERSON: (0.3, 0.25, 0.25), CAR: (0.5, 0.5, 0.55), TRUCK: (0.8, 0.8, 0.8),
-           BUS: (0.8, 0.7, 0.1)}
+           LIGHT: (0.15, 0.15, 0.13), SIGN: (0.8, 0.1, 0.1), VEG: (0.2, 0.42, 0.15),
+           TERRAIN: (0.45, 0.55, 0.25), SKY: (0.6, 0.72, 0.9), PERSON: (0.3, 0.25, 0.25),
+           CAR: (0.5, 0.5, 0.55), TRUCK: (0.8, 0.8, 0.8), BUS: (0.8, 0.7, 0.1)}
 _SOURCE_INST = {
     BUILDING: [(0.58, 0.45, 0.38), (0.65, 0.6, 0.5), (0.45, 0.42, 0.42), (0.7, 0.55, 0.45)],
     SIGN: [(0.8, 0.1, 0.1), (0.1, 0.25, 0.7), (0.9, 0.75, 0.1), (0.9, 0.9, 0.9)],
@@ -53,9 +69,10 @@ _SOURCE_INST = {
     BUS: [(0.85, 0.75, 0.1), (0.8, 0.15, 0.1), (0.2, 0.45, 0.75)],
 }
 _PAINTED = {ROAD: (0.6, 0.33, 0.27), SIDEWALK: (0.35, 0.45, 0.7), BUILDING: (0.3, 0.58, 0.52),
-            WALL: (0.75, 0.68, 0.3), FENCE: (0.3, 0.3, 0.6), POLE: (0.85, 0.35, 0.3), LIGHT: (0.25, 0.4, 0.25),
-            SIGN: (0.2, 0.8, 0.3), VEG: (0.55, 0.28, 0.55), TERRAIN: (0.85, 0.62, 0.25), SKY: (0.95, 0.7, 0.5),
-            PERSON: (0.9, 0.8, 0.3), CAR: (0.4, 0.7, 0.8), TRUCK: (0.7, 0.4, 0.7), BUS: (0.3, 0.8, 0.7)}
+            WALL: (0.75, 0.68, 0.3), FENCE: (0.3, 0.3, 0.6), POLE: (0.85, 0.35, 0.3),
+            LIGHT: (0.25, 0.4, 0.25), SIGN: (0.2, 0.8, 0.3), VEG: (0.55, 0.28, 0.55),
+            TERRAIN: (0.85, 0.62, 0.25), SKY: (0.95, 0.7, 0.5), PERSON: (0.9, 0.8, 0.3),
+            CAR: (0.4, 0.7, 0.8), TRUCK: (0.7, 0.4, 0.7), BUS: (0.3, 0.8, 0.7)}
 _PAINTED_INST = {
     BUILDING: [(0.3, 0.58, 0.52), (0.45, 0.5, 0.7), (0.25, 0.45, 0.35)],
     SIGN: [(0.2, 0.8, 0.3), (0.95, 0.5, 0.9)],
@@ -201,7 +218,8 @@ def _snow(img, scene, rng):
     label = scene.label
     cover = np.zeros((H, W), np.float32)
     patch = np.clip(0.5 + 0.5 * value_noise(rng, H, W, (12, 24)), 0, 1)
-    for cls, amount in ((TERRAIN, 0.95), (SIDEWALK, 0.85), (ROAD, 0.55), (VEG, 0.45), (FENCE, 0.3), (WALL, 0.3)):
+    amounts = ((TERRAIN, 0.95), (SIDEWALK, 0.85), (ROAD, 0.55), (VEG, 0.45), (FENCE, 0.3), (WALL, 0.3))
+    for cls, amount in amounts:
         cover[label == cls] = amount
     cover *= 0.6 + 0.4 * patch
     white = np.array([0.92, 0.94, 0.97], np.float32)
@@ -250,7 +268,8 @@ class SyntheticSegmentation(SegmentationDataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         scene = self.scene(index)
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], index, 1000 + DOMAIN_TABLE[self.domain].code])
+        stream = [self.seed, SPLITS[self.split], index, 1000 + DOMAIN_TABLE[self.domain].code]
+        rng = np.random.default_rng(stream)
         image = (render(scene, self.domain, rng) * 255 + 0.5).astype(np.uint8)
         sample = image, scene.label
         if self._cache is not None:

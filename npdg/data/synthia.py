@@ -95,7 +95,8 @@ def read_png16(path):
     except (OSError, SyntaxError, ValueError, AttributeError, KeyError, TypeError) as e:
         if not _warned:
             _warned.append(True)
-            print(f"npdg.data.synthia: Pillow 16-bit path failed ({e}); using the slow decoder", file=sys.stderr)
+            print(f"npdg.data.synthia: Pillow 16-bit path failed ({e}); using the slow decoder",
+                  file=sys.stderr)
     try:
         with open(path, "rb") as f:
             return _decode_png16(f.read(), path).astype(np.int64)
@@ -124,7 +125,8 @@ class SynthiaSegmentation(PairedFiles):
         if split not in (None, "all"):
             listing = root / f"{split}.txt"
             if not listing.is_file():
-                raise DatasetError(f"SYNTHIA: split {split!r} needs the list file {listing} (or use split='all')")
+                raise DatasetError(f"SYNTHIA: split {split!r} needs the list file {listing} "
+                                   "(or use split='all')")
             images = [image_dir / line.strip() for line in listing.read_text().splitlines() if line.strip()]
         pairs = pair_files(images, lambda p: label_dir / (p.stem + ".png"), f"SYNTHIA under {root}")
         super().__init__(pairs, SYNTHIA_LUT, read_ids=self._read, num=num, **kwargs)

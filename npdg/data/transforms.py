@@ -52,11 +52,9 @@ def gaussian_blur(image, sigma):
     x = torch.arange(-radius, radius + 1, dtype=image.dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = (k / k.sum()).to(image.device)
-    img = image[None]
-    img = F.conv2d(F.pad(img, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(3, 1, 1, -1),
-                   groups=3)
-    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).expand(3, 1, -1, 1),
-                   groups=3)
+    horizontal, vertical = k.view(1, 1, 1, -1).expand(3, 1, 1, -1), k.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+    img = F.conv2d(F.pad(image[None], (radius, radius, 0, 0), mode="reflect"), horizontal, groups=3)
+    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), vertical, groups=3)
     return img[0]
 
 

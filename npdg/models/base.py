@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from torch import nn
 
 from npdg.models.units import UnitGroup, name_groups
@@ -19,8 +21,11 @@ from npdg.models.units import UnitGroup, name_groups
 class SegmentationModel(nn.Module):
     registry_name: str = ""  # set by create_model
 
-    def __init__(self, num_classes: int, **arch_kwargs):
+    def __init__(self, num_classes: int, widths: dict | None = None, **arch_kwargs):
         super().__init__()
+        bad = {k: v for k, v in (widths or {}).items() if not isinstance(v, numbers.Integral) or v < 1}
+        if bad:
+            raise ValueError(f"invalid widths (each group keeps at least 1 unit): {bad}")
         self.num_classes = num_classes
         # Plain constructor kwargs except widths (those are read back from the live modules).
         self._arch_kwargs = {"num_classes": num_classes, **arch_kwargs}
@@ -33,9 +38,9 @@ class SegmentationModel(nn.Module):
             raise ValueError(
                 f"widths for unknown unit groups {unknown[:5]}; groups are e.g. {list(built)[:3]}"
             )
-        wrong = {k: (v, built[k]) for k, v in (widths or {}).items() if built[k] != v or v < 1}
+        wrong = {k: (v, built[k]) for k, v in (widths or {}).items() if built[k] != v}
         if wrong:
-            raise ValueError(f"invalid widths (asked, built): {wrong}")
+            raise AssertionError(f"widths not honoured by the constructor (asked, built): {wrong}")
 
     # Subclasses return unnamed groups; names/keys are filled in from the module tree.
     def _unit_groups(self) -> list[UnitGroup]:

@@ -108,7 +108,7 @@ class DeepLabV3PlusHead(nn.Module):
 
 class DeepLabV3Plus(SegmentationModel):
     def __init__(self, backbone: str, num_classes=19, output_stride=16, widths=None):
-        super().__init__(num_classes, output_stride=output_stride)  # backbone is implied by the name
+        super().__init__(num_classes, widths, output_stride=output_stride)  # backbone is implied by the name
         if output_stride not in ASPP_RATES:
             raise ValueError(f"output_stride must be one of {sorted(ASPP_RATES)}, got {output_stride}")
         bw = sub_widths(widths, "backbone")

@@ -51,7 +51,7 @@ class SegFormerHead(nn.Module):
 
 class SegFormer(SegmentationModel):
     def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None):
-        super().__init__(num_classes, drop_path_rate=drop_path_rate)  # variant is implied by the name
+        super().__init__(num_classes, widths, drop_path_rate=drop_path_rate)  # variant is implied by the name
         dims, depths, embed_dim = VARIANTS[variant]
         self.backbone = MixVisionTransformer(
             dims, depths, drop_path_rate=drop_path_rate, widths=sub_widths(widths, "backbone")
