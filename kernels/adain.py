@@ -66,7 +66,7 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # --- kernels -----------------------------------------------------------------------------------------
 @triton.jit
 def _welford_rows(X, ACC_REF, x_rows, mask_c, sxl, lo, hi, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """(mean, M2, count) of each row of X over positions [lo, hi): per-lane Welford, then Chan merge.
+    """(mean, M2) of each row of X over positions [lo, hi): per-lane Welford, then a Chan merge of lanes.
 
     ACC_REF is any pointer of the accumulation dtype (fp32, or fp64 for fp64 input).
     """
@@ -414,12 +414,12 @@ def adain_forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: f
     """
     n, c, hw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mu = torch.full((n, c), float("nan"), dtype=acc, device=x.device)  # stays NaN only if H*W == 0
-    rstd = mu.clone()
+    mu = torch.empty((n, c), dtype=acc, device=x.device)  # every path writes every row
+    rstd = torch.empty_like(mu)
     x3 = _rows(x, n, c, hw)
     y, y3 = _out_rows(out, x3, x.shape, "adain_forward")
-    if x3.numel() == 0:
-        return y, mu, rstd
+    if x3.numel() == 0:  # no positions: undefined statistics, as in the reference
+        return y, mu.fill_(float("nan")), rstd.fill_(float("nan"))
     check_launchable(_adain_fwd_kernel, x3, "adain_forward")
     cfg = config or adain_config(x3)
     ncb = cdiv(c, cfg.block_c)
@@ -452,12 +452,12 @@ def adain_backward(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, rstd: to
     n, c, hw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     if dy.shape != x.shape:
         raise ValueError(f"adain_backward: dy {tuple(dy.shape)} and x {tuple(x.shape)} differ")
-    dmean = torch.zeros_like(mu)
-    dstd = torch.zeros_like(mu)
+    dmean = torch.empty_like(mu)  # every path writes every row
+    dstd = torch.empty_like(mu)
     x3, dy3 = _rows(x, n, c, hw), _rows(dy, n, c, hw)
     dx, dx3 = _out_rows(out, x3, x.shape, "adain_backward") if need_dx else (None, x3)  # x3: unused pointer
     if x3.numel() == 0:
-        return dx, dmean, dstd
+        return dx, dmean.zero_(), dstd.zero_()
     check_launchable(_adain_bwd_kernel, x3, "adain_backward")
     cfg = config or adain_config(x3, inputs=2)
     ncb = cdiv(c, cfg.block_c)

@@ -36,20 +36,22 @@ from .utils import autotune_enabled, cdiv, check_launchable, next_pow2, num_sms
 # tl.dot needs every dimension >= 16; 16 is also the smallest tile that keeps C = 1..16 cheap.
 _MIN_BLOCK = 16
 # Default tile: 64 x 64 fp32 accumulator = 16 registers per thread at 8 warps, a classic fp32-GEMM tile;
-# BLOCK_L = 32 keeps the 2 x K operand loads of a step small enough to be re-read from L1.
+# BLOCK_L = 32 keeps the 2 x K operand loads of a step small enough to be re-read from L1
+# (150-230 registers, no spills on sm_90 in the three precisions).
 _BLOCK_C = 64
 _BLOCK_L = 32
 # Split the (n, l) loop when the upper-triangle tiles give fewer than 2 programs per SM, aiming at 4.
 _SPLIT_BELOW_PER_SM = 2
 _SPLIT_TARGET_PER_SM = 4
-# Candidates for the GPU autotuner (tile sizes that suit an fp32/tf32 Gram at C = 256..2048).
+# Candidates for the GPU autotuner: tile sizes of an fp32/tf32 Gram at C = 256..2048 that compile for
+# sm_90 without (or with < 32 bytes of) register spills in all three precisions (checked with ptxas).
 _AUTOTUNE_CONFIGS = [
-    triton.Config({"BLOCK_C": 64, "BLOCK_L": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_C": 64, "BLOCK_L": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_C": 64, "BLOCK_L": 64}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_C": 128, "BLOCK_L": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_C": 32, "BLOCK_L": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_C": 16, "BLOCK_L": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_C": 64, "BLOCK_L": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_C": 64, "BLOCK_L": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_C": 128, "BLOCK_L": 16}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_C": 32, "BLOCK_L": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_C": 16, "BLOCK_L": 32}, num_warps=4, num_stages=3),
 ]
 # ieee: exact fp32 products (FMA units); tf32: tensor cores, 10-bit mantissa products; tf32x3: three tf32
 # products per fp32 product (hi*hi + hi*lo + lo*hi), ~fp32 accuracy at tensor-core speed.
@@ -69,8 +71,14 @@ def _tile_coords(pid):
 
 @triton.jit
 def _style_cov_kernel(A, OUT, N, C, L, K, sak, san, sac, sal, so_s, inv_m,
-                      BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr):
-    """OUT[s] tile (ti, tj) and its mirror = sum over this split's (n, l) of D_I D_J^T / M."""
+                      BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
+                      OFF64: tl.constexpr):
+    """OUT[s] tile (ti, tj) and its mirror = sum over this split's (n, l) of D_I D_J^T / M.
+
+    k and n enter through a scalar int64 pointer; the in-tile offsets (c * sac + l * sal) are int32
+    unless OFF64 (the host sets it when they can pass 2**31): int64 pointer tiles would cost the
+    registers the fp32 tiles need (spills at 64 x 64).
+    """
     ti, tj = _tile_coords(tl.program_id(0))
     s = tl.program_id(1)
     num_s = tl.num_programs(1)
@@ -78,8 +86,12 @@ def _style_cov_kernel(A, OUT, N, C, L, K, sak, san, sac, sal, so_s, inv_m,
     offs_j = tj * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_i = offs_i < C
     mask_j = offs_j < C
-    rows_i = offs_i.to(tl.int64) * sac
-    rows_j = offs_j.to(tl.int64) * sac
+    if OFF64:
+        rows_i = offs_i.to(tl.int64) * sac
+        rows_j = offs_j.to(tl.int64) * sac
+    else:
+        rows_i = offs_i * sac
+        rows_j = offs_j * sac
     n_lb = tl.cdiv(L, BLOCK_L)
     steps = N * n_lb
     per = tl.cdiv(steps, num_s)
@@ -89,30 +101,30 @@ def _style_cov_kernel(A, OUT, N, C, L, K, sak, san, sac, sal, so_s, inv_m,
         n = it // n_lb
         offs_l = (it - n * n_lb) * BLOCK_L + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
-        cols = n.to(tl.int64) * san + offs_l.to(tl.int64) * sal
-        ptr_i = A + rows_i[:, None] + cols[None, :]
-        ptr_j = A + rows_j[:, None] + cols[None, :]
+        if OFF64:
+            cols = offs_l.to(tl.int64) * sal
+        else:
+            cols = offs_l * sal
+        off_i = rows_i[:, None] + cols[None, :]
+        off_j = rows_j[:, None] + cols[None, :]
         m_i = mask_i[:, None] & mask_l[None, :]
         m_j = mask_j[:, None] & mask_l[None, :]
+        a_n = A + n.to(tl.int64) * san
         sum_i = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
         sum_j = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
-        p_i = ptr_i
-        p_j = ptr_j
+        a_k = a_n
         for _k in range(K):  # mean over the K styles, in registers
-            sum_i += tl.load(p_i, mask=m_i, other=0.0).to(tl.float32)
-            sum_j += tl.load(p_j, mask=m_j, other=0.0).to(tl.float32)
-            p_i += sak
-            p_j += sak
+            sum_i += tl.load(a_k + off_i, mask=m_i, other=0.0).to(tl.float32)
+            sum_j += tl.load(a_k + off_j, mask=m_j, other=0.0).to(tl.float32)
+            a_k += sak
         mean_i = sum_i / K
         mean_j = sum_j / K
-        p_i = ptr_i
-        p_j = ptr_j
-        for _k in range(K):  # centre in the load prologue (masked lanes: 0 - 0 = 0), then the Gram
-            d_i = tl.load(p_i, mask=m_i, other=0.0).to(tl.float32) - mean_i
-            d_j = tl.load(p_j, mask=m_j, other=0.0).to(tl.float32) - mean_j
+        a_k = a_n
+        for _k in range(K):  # reload (L1/L2 hit), centre in the load prologue (masked: 0 - 0), Gram
+            d_i = tl.load(a_k + off_i, mask=m_i, other=0.0).to(tl.float32) - mean_i
+            d_j = tl.load(a_k + off_j, mask=m_j, other=0.0).to(tl.float32) - mean_j
             acc = tl.dot(d_i, tl.trans(d_j), acc, input_precision=PRECISION)
-            p_i += sak
-            p_j += sak
+            a_k += sak
     acc = acc * inv_m
     out = OUT + s.to(tl.int64) * so_s
     both = mask_i[:, None] & mask_j[None, :]
@@ -186,8 +198,10 @@ def _launch(acts, out, precision, splits, kernel, meta):
     buf = out.view(1, c, c) if splits == 1 else torch.empty((splits, c, c), dtype=torch.float32,
                                                               device=acts.device)
     grid = lambda m: (cdiv(c, m["BLOCK_C"]) * (cdiv(c, m["BLOCK_C"]) + 1) // 2, splits)
-    kernel[grid](acts, buf, n, c, length, k, *acts.stride(), c * c, 1.0 / (k * n * length),
-                 PRECISION=precision, **meta)
+    sk, sn, sc, sl = acts.stride()
+    off64 = (c - 1) * abs(sc) + (length - 1) * abs(sl) >= 2**31
+    kernel[grid](acts, buf, n, c, length, k, sk, sn, sc, sl, c * c, 1.0 / (k * n * length),
+                 PRECISION=precision, OFF64=off64, **meta)
     if splits > 1:
         torch.sum(buf, dim=0, out=out)
     return out

@@ -67,3 +67,35 @@ def autotune_enabled(device: torch.device) -> bool:
     """
     return (torch.device(device).type == "cuda" and not interpreting()
             and os.environ.get("NPDG_AUTOTUNE", "1") != "0")
+
+
+def compile_report(kernel, pointers: dict, constexprs: dict, *, floats=(), num_warps=4, num_stages=3,
+                   arch: int = 90) -> dict:
+    """Compile `kernel` ahead of time for sm_<arch> -- no GPU needed -- and report its resources.
+
+    pointers: {arg: "fp32" | "bf16" | ...}; constexprs: {arg: value} (use 1 for a unit stride, as the
+    launcher's specialization does); floats: fp32 scalar args; other args are i32. Returns
+    {"regs", "stack"} (stack > 0 means register spills) from the cubin. Needs a compiled kernel, i.e.
+    TRITON_INTERPRET unset when the kernel module was imported (tests run it in a subprocess).
+    """
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {name: "constexpr" if name in constexprs else "*" + pointers[name] if name in pointers
+           else "fp32" if name in floats else "i32" for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=dict(constexprs)),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    found = re.search(r"REG:(\d+).*?STACK:(\d+)", usage)
+    return {"regs": int(found.group(1)), "stack": int(found.group(2))}

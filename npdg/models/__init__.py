@@ -9,7 +9,7 @@ Names: deeplabv3plus_r18/_r50/_r101, deeplab_vgg16, segformer_b0 ... segformer_b
 """
 
 from npdg.models.registry import UnknownModelError, available_models, create_model, register_model
-from npdg.models.units import Gate, TensorSlice, UnitGroup, compact_state_dict
+from npdg.models.units import Gate, TensorSlice, UnitGroup, compact_state_dict, kept_positions
 
 __all__ = [
     "Gate",
@@ -19,5 +19,6 @@ __all__ = [
     "available_models",
     "compact_state_dict",
     "create_model",
+    "kept_positions",
     "register_model",
 ]

@@ -151,32 +151,43 @@ def sub_widths(widths: dict | None, prefix: str) -> dict:
     return {k[len(head) :]: v for k, v in (widths or {}).items() if k.startswith(head)}
 
 
-def compact_state_dict(model: nn.Module, keep: dict[str, torch.Tensor]) -> tuple[dict, dict[str, int]]:
-    """Reference compaction: slice every declared tensor of ``model`` to the kept units.
+def kept_positions(
+    model: nn.Module, keep: dict[str, torch.Tensor]
+) -> tuple[dict[tuple[str, int], torch.Tensor], dict[str, int]]:
+    """Per tensor axis, the indices that survive pruning; plus the new ``widths``.
 
-    ``keep`` maps group name -> kept unit indices (groups not listed keep everything). Returns the
-    sliced state dict and the ``widths`` to rebuild the smaller architecture with. Plain PyTorch, for
-    tests and as the oracle of the faster compaction in ``npdg.pruning``.
+    ``keep`` maps group name -> kept unit indices (groups not listed keep everything). Returns
+    ``{(state-dict key, dim): sorted kept indices along dim}`` for every declared axis (a tensor may
+    appear with dim 0 and dim 1, e.g. a conv that both produces and consumes pruned channels), and
+    ``{group name: kept count}`` for every group.
     """
     groups = {g.name: g for g in model.prunable_units()}
     unknown = set(keep) - set(groups)
     if unknown:
         raise KeyError(f"unknown unit groups {sorted(unknown)}")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    axis_keep: dict[tuple[str, int], torch.Tensor] = {}  # (key, dim) -> bool mask over the axis
+    axis_mask: dict[tuple[str, int], torch.Tensor] = {}  # (key, dim) -> bool mask over the axis
     widths = {}
     for name, g in groups.items():
         kept = torch.as_tensor(keep.get(name, torch.arange(g.size)), dtype=torch.long).cpu()
-        widths[name] = int(kept.numel())
         dropped = torch.ones(g.size, dtype=torch.bool)
         dropped[kept] = False
+        widths[name] = int(g.size - dropped.sum())
         dropped = dropped.nonzero().flatten()
         for s in g.slices():
-            mask = axis_keep.setdefault(
-                (s.key, s.dim), torch.ones(state[s.key].shape[s.dim], dtype=torch.bool)
-            )
+            extent = s.tensor().shape[s.dim]
+            mask = axis_mask.setdefault((s.key, s.dim), torch.ones(extent, dtype=torch.bool))
             mask[s.positions(dropped)] = False
-    for (key, dim), mask in axis_keep.items():
-        index = mask.nonzero().flatten().to(state[key].device)
-        state[key] = state[key].index_select(dim, index).contiguous()
+    return {axis: mask.nonzero().flatten() for axis, mask in axis_mask.items()}, widths
+
+
+def compact_state_dict(model: nn.Module, keep: dict[str, torch.Tensor]) -> tuple[dict, dict[str, int]]:
+    """Reference compaction: the model's state dict with every declared axis sliced to the kept units.
+
+    Rebuild with ``create_model(name, **{**model.arch_config(), "widths": widths})`` and load the
+    state dict. Plain PyTorch: for tests and as the oracle of the faster compaction in ``npdg.pruning``.
+    """
+    positions, widths = kept_positions(model, keep)
+    state = dict(model.state_dict())
+    for (key, dim), index in positions.items():
+        state[key] = state[key].index_select(dim, index.to(state[key].device)).contiguous()
     return state, widths

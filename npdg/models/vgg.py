@@ -3,7 +3,8 @@
 ``features`` keeps torchvision's flat indexing (conv, BN, ReLU, ..., MaxPool) so ImageNet weights load
 unchanged; the pools that DeepLab removes for a finer output stride become ``nn.Identity`` (they hold
 no parameters, so indices and keys stay put). OS 16: pool5 removed; OS 8: pool4 too, and conv5_x
-dilated by 2. The classifier (fc6-8) is dropped.
+dilated by 2. The classifier (fc6-8) is dropped. Pools round up (``ceil_mode``) so any input size,
+however small or odd, keeps at least one pixel (same weights as torchvision, which rounds down).
 
 Every conv is a plain chain link, so every conv's output channels are prunable; the ``widths`` key of
 conv k is the name of its BN, e.g. ``"features.1"`` for conv1_1.
@@ -35,7 +36,7 @@ class VGG16BN(nn.Module):
             if v == "M":
                 removed = len(self._pools) in removed_pools
                 self._pools.append(len(layers))
-                layers.append(nn.Identity() if removed else nn.MaxPool2d(2, 2))
+                layers.append(nn.Identity() if removed else nn.MaxPool2d(2, 2, ceil_mode=True))
                 if removed and len(self._pools) == 4:  # pool4 gone: conv5_x keep their field of view
                     dilation = 2
                 continue
