@@ -28,7 +28,7 @@ class Config:
     # --- data: the embedded synthetic benchmark by default; any eval SPEC works for targets
     source: str = "synthetic:source"  # training domain (SPEC, see npdg.eval --help)
     targets: list[str] = field(default_factory=lambda: [
-        "synthetic:night", "synthetic:fog", "synthetic:painted", "synthetic:noisy"])
+        "synthetic:night", "synthetic:fog", "synthetic:rain", "synthetic:snow", "synthetic:painted"])
     crop: tuple[int, int] = (96, 192)  # training crop H, W (synthetic scenes are generated at this size)
     eval_size: tuple[int, int] = (96, 192)  # synthetic evaluation image size H, W
     train_num: int = 2000  # synthetic training scenes (ignored for on-disk datasets)

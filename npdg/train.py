@@ -94,16 +94,20 @@ def build_loader(cfg: Config, rank: int, world: int):
     return loader, sampler
 
 
-def evaluate_domains(model, cfg: Config, device) -> dict:
-    """{SPEC: {"miou": percent, "per_class": {...}}} on the source val split and every target."""
+def eval_datasets(cfg: Config) -> dict:
+    """{SPEC: dataset} for the source val split and every target; built before training so a bad
+    SPEC or a missing folder fails in seconds, not after the run."""
     from npdg.data import build_dataset
+
+    return {spec: build_dataset(spec, split="val", size=tuple(cfg.eval_size), num=cfg.val_num, seed=cfg.seed)
+            for spec in [cfg.source] + list(cfg.targets)}
+
+
+def evaluate_domains(model, datasets: dict, cfg: Config, device) -> dict:
+    """{SPEC: {"miou": percent, "per_class": {...}}}."""
     from npdg.eval import evaluate
 
-    results = {}
-    for spec in [cfg.source] + list(cfg.targets):
-        ds = build_dataset(spec, split="val", size=tuple(cfg.eval_size), num=cfg.val_num, seed=cfg.seed)
-        results[spec] = evaluate(model, ds, batch_size=cfg.batch_size, device=device)
-    return results
+    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device) for spec, ds in datasets.items()}
 
 
 def train(cfg: Config) -> dict:
@@ -114,6 +118,7 @@ def train(cfg: Config) -> dict:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
+    val_sets = eval_datasets(cfg) if main else {}
 
     from npdg.models import create_model
 
@@ -149,11 +154,9 @@ def train(cfg: Config) -> dict:
             log.flush()
             bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
         if main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iters:
-            from npdg.data import build_dataset
             from npdg.eval import evaluate
 
-            ds = build_dataset(cfg.source, split="val", size=tuple(cfg.eval_size), num=cfg.val_num, seed=cfg.seed)
-            miou = evaluate(model, ds, batch_size=cfg.batch_size, device=device)["miou"]
+            miou = evaluate(model, val_sets[cfg.source], batch_size=cfg.batch_size, device=device)["miou"]
             tqdm.write(f"step {step}: source val mIoU {miou:.2f}%")
             net.train()
     train_time = time.perf_counter() - t0
@@ -165,7 +168,7 @@ def train(cfg: Config) -> dict:
                     "scheduler": sched.state_dict(), "step": cfg.iters, "config": cfg.to_dict()},
                    run_dir / "checkpoint.pt")
         npdg.save_model(model, run_dir / "model.pt")
-        domains = evaluate_domains(model, cfg, device)
+        domains = evaluate_domains(model, val_sets, cfg, device)
         metrics = {"method": cfg.method, "model": cfg.model, "miou_unit": "percent",
                    "train_images_per_s": seen / train_time, "train_seconds": train_time,
                    "domains": domains}
@@ -211,7 +214,12 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, overrides)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         parser.error(str(exc).strip("'\""))
-    return train(cfg)
+    from npdg.data import DatasetError, SpecError
+
+    try:
+        return train(cfg)
+    except (SpecError, DatasetError, FileNotFoundError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

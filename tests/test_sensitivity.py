@@ -187,3 +187,50 @@ def test_config_heuristics():
     assert tiny.block_c == 16 and tiny.block_l == 16
     big = S.cov_config(torch.empty(4, 2, 2048, 1024, device="meta"))
     assert big.splits == 1
+
+
+_COMPILE_SCRIPT = r"""
+import json
+from npdg.kernels import sensitivity as S
+from npdg.kernels.utils import compile_report
+
+rows = []
+for dt in ("fp32", "bf16"):
+    for prec in ("ieee", "tf32", "tf32x3"):
+        for cfg in S._AUTOTUNE_CONFIGS[:1] if dt == "bf16" else S._AUTOTUNE_CONFIGS:
+            const = dict(sal=1, OFF64=False, PRECISION=prec, **cfg.kwargs)
+            r = compile_report(S._style_cov_kernel, dict(A=dt, OUT="fp32"), const, floats=("inv_m",),
+                               num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            rows.append((f"{dt} {prec} {cfg.kwargs} w{cfg.num_warps}", r))
+const = dict(C=1, K=1, OFF64=True, PRECISION="ieee", BLOCK_C=16, BLOCK_L=16)
+rows.append(("C=1 K=1 int64", compile_report(S._style_cov_kernel, dict(A="fp32", OUT="fp32"), const,
+                                             floats=("inv_m",))))
+print(json.dumps(rows))
+"""
+
+
+def _run_compiled(script: str) -> list:
+    """Run `script` in a fresh interpreter without TRITON_INTERPRET (compiled kernels), parse its JSON."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launch default; silences triton 3.9's notice
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests compile the kernels for real")
+def test_kernel_compiles_for_sm90():
+    """Ahead-of-time compile (triton's bundled ptxas; no GPU) of every autotune candidate in every
+    precision: catches what the interpreter lets through (dot shapes, precisions, layouts). The default
+    config must not spill; the others may spill a little (the autotuner then just doesn't pick them)."""
+    rows = dict(_run_compiled(_COMPILE_SCRIPT))
+    assert len(rows) == 3 * len(S._AUTOTUNE_CONFIGS) + 3 + 1
+    default = S._AUTOTUNE_CONFIGS[0]
+    for prec in ("ieee", "tf32", "tf32x3"):
+        assert rows[f"fp32 {prec} {default.kwargs} w{default.num_warps}"]["stack"] == 0
+    assert max(r["stack"] for r in rows.values()) <= 128, rows

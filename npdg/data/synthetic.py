@@ -68,17 +68,17 @@ _SOURCE_INST = {
     TRUCK: [(0.9, 0.9, 0.9), (0.2, 0.4, 0.7), (0.7, 0.3, 0.1)],
     BUS: [(0.85, 0.75, 0.1), (0.8, 0.15, 0.1), (0.2, 0.45, 0.75)],
 }
-_PAINTED = {ROAD: (0.6, 0.33, 0.27), SIDEWALK: (0.35, 0.45, 0.7), BUILDING: (0.3, 0.58, 0.52),
-            WALL: (0.75, 0.68, 0.3), FENCE: (0.3, 0.3, 0.6), POLE: (0.85, 0.35, 0.3),
-            LIGHT: (0.25, 0.4, 0.25), SIGN: (0.2, 0.8, 0.3), VEG: (0.55, 0.28, 0.55),
-            TERRAIN: (0.85, 0.62, 0.25), SKY: (0.95, 0.7, 0.5), PERSON: (0.9, 0.8, 0.3),
-            CAR: (0.4, 0.7, 0.8), TRUCK: (0.7, 0.4, 0.7), BUS: (0.3, 0.8, 0.7)}
-_PAINTED_INST = {
-    BUILDING: [(0.3, 0.58, 0.52), (0.45, 0.5, 0.7), (0.25, 0.45, 0.35)],
-    SIGN: [(0.2, 0.8, 0.3), (0.95, 0.5, 0.9)],
-    PERSON: [(0.9, 0.8, 0.3), (0.4, 0.9, 0.9), (0.95, 0.6, 0.2)],
-    CAR: [(0.4, 0.7, 0.8), (0.95, 0.85, 0.5), (0.7, 0.95, 0.6), (0.9, 0.5, 0.6)],
-}
+
+
+def _repaint(rgb):
+    """Painted palette: 60 % of a channel rotation (R<-B, G<-R, B<-G) with a warm tint, 40 % the original;
+    greys stay near grey, saturated colours move to other hues."""
+    r, g, b = rgb
+    return tuple(0.4 * s + 0.6 * t for s, t in zip(rgb, (min(1.0, 1.15 * b), 0.95 * r, 0.75 * g), strict=True))
+
+
+_PAINTED = {cls: _repaint(rgb) for cls, rgb in _SOURCE.items()}
+_PAINTED_INST = {cls: [_repaint(c) for c in colours] for cls, colours in _SOURCE_INST.items()}
 
 DOMAIN_TABLE = {
     "source": Domain("source", 0, _SOURCE, _SOURCE_INST),
@@ -86,8 +86,8 @@ DOMAIN_TABLE = {
     "fog": Domain("fog", 2, _SOURCE, _SOURCE_INST),
     "rain": Domain("rain", 3, _SOURCE, _SOURCE_INST),
     "snow": Domain("snow", 4, _SOURCE, _SOURCE_INST, sky=((0.78, 0.8, 0.84), (0.88, 0.89, 0.9))),
-    "painted": Domain("painted", 5, _PAINTED, _PAINTED_INST, sky=((0.9, 0.45, 0.45), (0.98, 0.8, 0.5)),
-                      texture=1.8, stripes=0.18, jitter=0.05),
+    "painted": Domain("painted", 5, _PAINTED, _PAINTED_INST, sky=((0.83, 0.42, 0.6), (0.95, 0.77, 0.76)),
+                      texture=1.5, stripes=0.18, jitter=0.05),
 }
 DOMAINS = tuple(DOMAIN_TABLE)
 TARGET_DOMAINS = tuple(d for d in DOMAINS if d != "source")
@@ -175,9 +175,10 @@ def render(scene, domain, rng):
 
 def _night(img, scene, rng):
     H, W = scene.label.shape
-    out = img * np.float32(rng.uniform(0.12, 0.22)) * np.array([0.6, 0.7, 1.0], np.float32)
+    out = img * np.float32(rng.uniform(0.22, 0.38)) * np.array([0.6, 0.7, 1.0], np.float32)
     sky = scene.label == SKY
-    out[sky] = np.array([0.02, 0.03, 0.08], np.float32) + 0.02 * out[sky]
+    glow = np.clip(np.nonzero(sky)[0] / max(scene.horizon, 1.0), 0, 1)[:, None].astype(np.float32) ** 2
+    out[sky] = np.array([0.04, 0.05, 0.12], np.float32) + glow * np.array([0.2, 0.15, 0.12], np.float32)
     lit = (scene.label == BUILDING) & (scene.shade < 0.5) & (value_noise(rng, H, W, (24, 48)) > 0.3)
     out[lit] = np.array([0.9, 0.75, 0.4], np.float32) * rng.uniform(0.6, 1.0)
     lamps = (scene.shade > 2.0) & np.isin(scene.label, (CAR, LIGHT))
@@ -187,20 +188,20 @@ def _night(img, scene, rng):
         cy, cx, r = rng.uniform(0.5, 1.0) * H, rng.uniform(0, 1) * W, rng.uniform(0.1, 0.3) * W
         pool = np.exp(-(ys - cy) ** 2 / (2 * r * r))[:, None] * np.exp(-(xs - cx) ** 2 / (2 * r * r))[None, :]
         out += 0.25 * pool[..., None] * img
-    return out + _noise(rng, out.shape, 0.03)
+    return out + _noise(rng, out.shape, 0.025)
 
 
 def _fog(img, scene, rng):
-    t = np.exp(-np.minimum(scene.depth, 1e3) / rng.uniform(12, 35))[..., None].astype(np.float32)
+    t = np.exp(-np.minimum(scene.depth, 1e3) / rng.uniform(25, 70))[..., None].astype(np.float32)
     air = np.array([0.78, 0.8, 0.82], np.float32) * rng.uniform(0.9, 1.05)
     gray = img.mean(-1, keepdims=True)
-    return (0.7 * img + 0.3 * gray) * t + air * (1 - t)
+    return (0.8 * img + 0.2 * gray) * t + air * (1 - t)
 
 
 def _rain(img, scene, rng):
     H, W = scene.label.shape
     gray = img.mean(-1, keepdims=True)
-    out = (0.5 * img + 0.5 * gray) * 0.65 * np.array([0.9, 0.95, 1.05], np.float32)
+    out = (0.65 * img + 0.35 * gray) * 0.75 * np.array([0.9, 0.95, 1.05], np.float32)
     out = _box_blur(out, max(1, round(W / 256)))
     n, length = int(0.004 * H * W), max(3, W // 40)
     k = np.arange(length)
@@ -218,10 +219,10 @@ def _snow(img, scene, rng):
     label = scene.label
     cover = np.zeros((H, W), np.float32)
     patch = np.clip(0.5 + 0.5 * value_noise(rng, H, W, (12, 24)), 0, 1)
-    amounts = ((TERRAIN, 0.95), (SIDEWALK, 0.85), (ROAD, 0.55), (VEG, 0.45), (FENCE, 0.3), (WALL, 0.3))
+    amounts = ((TERRAIN, 0.85), (SIDEWALK, 0.6), (ROAD, 0.3), (VEG, 0.3), (FENCE, 0.2), (WALL, 0.2))
     for cls, amount in amounts:
         cover[label == cls] = amount
-    cover *= 0.6 + 0.4 * patch
+    cover *= 0.5 + 0.5 * patch
     white = np.array([0.92, 0.94, 0.97], np.float32)
     out = img * (1 - cover[..., None]) + white * cover[..., None]
     out = out * 1.05 + 0.05
