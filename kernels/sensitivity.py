@@ -56,6 +56,8 @@ _AUTOTUNE_CONFIGS = [
 # ieee: exact fp32 products (FMA units); tf32: tensor cores, 10-bit mantissa products; tf32x3: three tf32
 # products per fp32 product (hi*hi + hi*lo + lo*hi), ~fp32 accuracy at tensor-core speed.
 _PRECISIONS = ("ieee", "tf32", "tf32x3")
+# In-tile offsets c * sac + l * sal at or above this need the int64 kernel variant (OFF64).
+_INT32_OFFSETS = 2**31
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -142,8 +144,8 @@ class CovConfig:
     block_c: int = _BLOCK_C
     block_l: int = _BLOCK_L
     splits: int = 1
-    num_warps: int = 4
-    num_stages: int = 2
+    num_warps: int = 8
+    num_stages: int = 3
 
     def __post_init__(self):
         for name in ("block_c", "block_l"):
@@ -169,7 +171,8 @@ def cov_config(acts: torch.Tensor) -> CovConfig:
     _, n, c, length = acts.shape
     block_c = max(_MIN_BLOCK, min(_BLOCK_C, next_pow2(c)))
     block_l = max(_MIN_BLOCK, min(_BLOCK_L, next_pow2(length)))
-    return CovConfig(block_c, block_l, _splits(n, c, length, block_c, acts.device), 8 if block_c >= 64 else 4)
+    warps = 8 if block_c >= 64 else 4
+    return CovConfig(block_c, block_l, _splits(n, c, length, block_c, acts.device), warps, 3)
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -187,7 +190,7 @@ def _tuned_kernel(do_bench=None):
     if do_bench not in _tuned_kernels:
         extra = {} if do_bench is None else {"do_bench": do_bench}
         _tuned_kernels[do_bench] = triton.autotune(
-            configs=_AUTOTUNE_CONFIGS, key=["N", "C", "L", "K", "PRECISION"],
+            configs=_AUTOTUNE_CONFIGS, key=["N", "C", "L", "K", "sal", "PRECISION", "OFF64"],
             prune_configs_by={"early_config_prune": _prune_configs}, **extra)(_style_cov_kernel)
     return _tuned_kernels[do_bench]
 
@@ -199,7 +202,7 @@ def _launch(acts, out, precision, splits, kernel, meta):
                                                               device=acts.device)
     grid = lambda m: (cdiv(c, m["BLOCK_C"]) * (cdiv(c, m["BLOCK_C"]) + 1) // 2, splits)
     sk, sn, sc, sl = acts.stride()
-    off64 = (c - 1) * abs(sc) + (length - 1) * abs(sl) >= 2**31
+    off64 = (c - 1) * abs(sc) + (length - 1) * abs(sl) >= _INT32_OFFSETS
     kernel[grid](acts, buf, n, c, length, k, sk, sn, sc, sl, c * c, 1.0 / (k * n * length),
                  PRECISION=precision, OFF64=off64, **meta)
     if splits > 1:

@@ -154,6 +154,9 @@ def main(argv=None):
         except (SpecError, FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if not Path(args.checkpoint).is_file():
+        print(f"error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
+        return 2
     import npdg
 
     model = npdg.load_model(args.checkpoint, map_location="cpu").to(args.device)

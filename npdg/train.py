@@ -70,10 +70,13 @@ def train_step(net, opt, images, labels, autocast=None) -> float:
 
 
 def infinite(loader, sampler=None):
+    """Endless batches; each pass is a new epoch (new shuffle, new augmentation draws)."""
     epoch = 0
     while True:
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if hasattr(loader.dataset, "set_epoch"):  # workers are re-created per epoch and pick this up
+            loader.dataset.set_epoch(epoch)
         yield from loader
         epoch += 1
 
@@ -82,14 +85,16 @@ def build_loader(cfg: Config, rank: int, world: int):
     from npdg.data import build_dataset
     from npdg.data.transforms import TrainAugment
 
-    dataset = build_dataset(cfg.source, split="train", size=tuple(cfg.crop), num=cfg.train_num,
+    synthetic = cfg.source.startswith("synthetic:")
+    dataset = build_dataset(cfg.source, split="train", size=tuple(cfg.crop) if synthetic else None,
+                            num=cfg.train_num if synthetic else None,
                             seed=cfg.seed, transform=TrainAugment(crop=tuple(cfg.crop)))
     sampler = None
     if world > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-        num_workers=cfg.workers, pin_memory=torch.cuda.is_available(), persistent_workers=cfg.workers > 0,
+        num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(cfg.seed))
     return loader, sampler
 

@@ -3,7 +3,8 @@
 On a CPU-only machine the kernels run under the Triton interpreter: TRITON_INTERPRET must be set
 before npdg.kernels.adain is first imported (@triton.jit reads it when it decorates the kernels), so it
 is set below before that import; CI also exports it for the whole pytest run. On a GPU machine the
-same tests run compiled on CUDA (the `cuda` marker) and the CPU cases are skipped.
+same tests run compiled on CUDA (the `cuda` marker) and the CPU cases are skipped. Without a GPU, the
+kernels are also compiled ahead of time for sm_90 (in a subprocess, without the interpreter).
 """
 
 import math
@@ -123,8 +124,6 @@ def test_launchers_match_reference(device, shape, mode, layout, dtype):
     mur, sigmar = reference.style_stats(x.double())
     _close(mu, mur, acc)
     _close(1 / rstd, sigmar, acc)
-    if layout == "channels_last":
-        assert y.stride() == x.stride()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -188,7 +187,10 @@ def test_gradient_layouts_differ_and_expanded(device):
     x, mean, std, dy = _inputs((2, 3, 5, 7), torch.float32, device, "channels_last")
     dy = dy.contiguous()
     x.requires_grad_()
-    K.adain(x, mean, std).backward(dy)
+    y = K.adain(x, mean, std)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # outputs keep x's layout
+    y.backward(dy)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
     _, dxr, _, _ = _reference(x, mean, std, dy)
     _close(x.grad, dxr, torch.float32)
     x.grad = None

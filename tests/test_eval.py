@@ -117,6 +117,8 @@ def test_cli_bad_spec_lists_kinds(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "none.pt"), "--data", "kitti:/x"]) == 2
     err = capsys.readouterr().err
     assert "synthetic, folder, cityscapes, gta5, bdd100k, mapillary, synthia" in err
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--data", "synthetic:source"]) == 2
+    assert "none.pt does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--checkpoint", "x", "--data", "synthetic:source", "--sliding"])  # no --window
     with pytest.raises(SystemExit):

@@ -97,6 +97,15 @@ def test_arbitrary_strides(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_int64_offset_variant(device, monkeypatch):
+    """The OFF64 kernel variant (in-tile offsets that can pass 2**31), forced on a small input."""
+    monkeypatch.setattr(S, "_INT32_OFFSETS", 0)
+    acts = _acts(3, 2, 19, 40, device=device)
+    cov = S.style_cov(acts, config=CovConfig(block_c=16, block_l=16, splits=2))
+    _close(cov, reference.style_sensitivity(acts.double())[1], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fp64_goes_to_reference(device):
     acts = _acts(3, 2, 5, 7, torch.float64, device)
     var, cov = S.style_sensitivity(acts)

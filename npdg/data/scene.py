@@ -175,7 +175,7 @@ def _draw_ground(cv, rng, rl, rr, walk, grass):
 def _draw_facades(cv, rng, X, z_end):
     Z = rng.uniform(0.3, 2.0)
     while Z < z_end:
-        length = rng.uniform(6, 30)
+        length = rng.uniform(6, 30) * (1 + Z / 60)  # far blocks longer: fewer sub-pixel segments
         kind = rng.choice(5, p=[0.6, 0.18, 0.08, 0.08, 0.06])
         if kind == 0:  # building with windows
             inst = cv.new_instance(BUILDING)
