@@ -94,9 +94,9 @@ def test_compact_many_resnet(benchmark, provider, bench_device, quick):
 
     for _ in range(0 if quick else 2):  # warm-up: allocator, thread pool
         run()
+    benchmark.group = f"compact_many {arch}"  # before the run: pytest-benchmark records it there
     result = benchmark(run)
 
-    benchmark.group = f"compact_many {arch}"
     benchmark.extra_info.update(env_info(bench_device))
     benchmark.extra_info.update(arch=arch, provider=provider, tensors=len(srcs),
                                 src_elements=sum(s.numel() for s in srcs), bytes_moved=moved,

@@ -2,17 +2,16 @@
 
     python benches/summarize.py bench.json > summary.md
 
-Ratios against the `eager` / `loop` provider of the same shape are computed when the rows say
-which provider and shape they are (extra_info "provider" and "shape").
+Each row's speed-up is against the baseline provider (`eager` reference or plain-PyTorch loop) of
+the same pytest-benchmark group; benches set the group to one problem (op, shape, dtype, layout).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
 
-BASELINES = ("eager", "loop")
+BASELINES = ("eager", "torch_loop", "loop")
 
 
 def rows(data: dict) -> list[dict]:
@@ -27,25 +26,25 @@ def rows(data: dict) -> list[dict]:
 def main(path: str) -> None:
     data = json.load(open(path))
     table = rows(data)
-    base = defaultdict(dict)
+    base = {}
     for r in table:
-        prov, shape = r["info"].get("provider"), str(r["info"].get("shape"))
-        if prov in BASELINES:
-            base[r["group"]][shape] = r["median_ms"]
+        if r["info"].get("provider") in BASELINES:  # a group = one problem (op, shape, dtype, layout)
+            base[r["group"]] = r["median_ms"]
     device = next((r["info"].get("device") for r in table if r["info"].get("device")), "unknown")
     versions = next((r["info"] for r in table if "torch" in r["info"]), {})
     print(f"# Benchmarks on {device}\n")
     print(f"torch {versions.get('torch')}, CUDA {versions.get('cuda')}, triton {versions.get('triton')}, "
           f"{data.get('datetime', '')}\n")
-    print("| benchmark | median (ms) | vs baseline | GB/s | images/s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| benchmark | median (ms) | vs baseline | GB/s | % of copy | images/s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in table:
         info = r["info"]
-        ref = base[r["group"]].get(str(info.get("shape")))
+        ref = base.get(r["group"])
         speedup = f"{ref / r['median_ms']:.2f}x" if ref and info.get("provider") not in BASELINES else ""
         gbps = f"{info['gbps']:.0f}" if "gbps" in info else ""
+        pct = f"{info['pct_of_copy']:.0f}" if "pct_of_copy" in info else ""
         ips = f"{info['images_per_s']:.1f}" if "images_per_s" in info else ""
-        print(f"| {r['name']} | {r['median_ms']:.3f} | {speedup} | {gbps} | {ips} |")
+        print(f"| {r['name']} | {r['median_ms']:.3f} | {speedup} | {gbps} | {pct} | {ips} |")
 
 
 if __name__ == "__main__":

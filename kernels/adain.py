@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from npdg.reference import DEFAULT_EPS  # the project-wide eps convention
+from npdg.reference import DEFAULT_EPS, broadcast_style  # project-wide eps and broadcast rules
 
 from .utils import cdiv, check_launchable, next_pow2, num_sms
 
@@ -504,25 +504,6 @@ class AdaINFunction(torch.autograd.Function):
         return dx, dmean, dstd, None, None
 
 
-def _style_param(p: torch.Tensor, n: int, c: int, x: torch.Tensor, name: str) -> torch.Tensor:
-    """Broadcast mean/std given as (N, C), (C,), (1, C) or (N, C, 1, ..., 1) to an (N, C) view."""
-    if not isinstance(p, torch.Tensor):
-        raise TypeError(f"adain: {name} must be a tensor, got {type(p).__name__}")
-    if p.device != x.device:
-        raise ValueError(f"adain: {name} is on {p.device}, x on {x.device}")
-    if not p.is_floating_point():
-        raise TypeError(f"adain: {name} must be floating point, got {p.dtype}")
-    if p.dim() > 2 and all(s == 1 for s in p.shape[2:]):
-        p = p.reshape(p.shape[:2])
-    try:
-        if p.dim() > 2:
-            raise RuntimeError
-        return p.expand(n, c)
-    except RuntimeError:
-        msg = f"adain: {name} of shape {tuple(p.shape)} does not broadcast to (N, C) = ({n}, {c})"
-        raise ValueError(msg) from None
-
-
 def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS, *,
           config: AdaINConfig | None = None) -> torch.Tensor:
     """AdaIN(x, mean', std') per (n, c) with the Triton kernels; x (N, C, *spatial) fp16/bf16/fp32/fp64.
@@ -533,7 +514,6 @@ def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = D
         raise ValueError(f"adain expects x of shape (N, C, *spatial), got {tuple(x.shape)}")
     if x.dtype not in _SUPPORTED:
         raise TypeError(f"adain: x dtype {x.dtype} not supported (fp16, bf16, fp32, fp64)")
-    n, c = x.shape[:2]
-    mean = _style_param(mean, n, c, x, "mean")
-    std = _style_param(std, n, c, x, "std")
+    mean = broadcast_style(mean, x, "mean")
+    std = broadcast_style(std, x, "std")
     return AdaINFunction.apply(x, mean, std, float(eps), config)

@@ -35,8 +35,31 @@ def style_stats(x: torch.Tensor, eps: float = DEFAULT_EPS) -> tuple[torch.Tensor
     return mean, (var + eps).sqrt()
 
 
+def broadcast_style(p: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+    """Target mean/std given as (N, C), (C,), (1, C) or (N, C, 1, ..., 1) as an (N, C) view for x."""
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"adain: {name} must be a tensor, got {type(p).__name__}")
+    if p.device != x.device:
+        raise ValueError(f"adain: {name} is on {p.device}, x on {x.device}")
+    if not p.is_floating_point():
+        raise TypeError(f"adain: {name} must be floating point, got {p.dtype}")
+    n, c = x.shape[:2]
+    if p.dim() > 2 and all(s == 1 for s in p.shape[2:]):
+        p = p.reshape(p.shape[:2])
+    if p.dim() <= 2:
+        try:
+            return p.expand(n, c)
+        except RuntimeError:
+            pass
+    raise ValueError(f"adain: {name} of shape {tuple(p.shape)} does not broadcast to (N, C) = ({n}, {c})")
+
+
 def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """AdaIN: std * (x - mu(x)) / sigma(x) + mean, per (n, c). mean/std are (N, C); output has x's dtype."""
+    """AdaIN: std * (x - mu(x)) / sigma(x) + mean, per (n, c); output has x's dtype.
+
+    mean/std: (N, C) or broadcastable to it ((C,), (1, C), (N, C, 1, 1)).
+    """
+    mean, std = broadcast_style(mean, x, "mean"), broadcast_style(std, x, "std")
     mu, sigma = style_stats(x, eps)
     acc = mu.dtype
     shape = mu.shape + (1,) * (x.dim() - 2)
@@ -48,11 +71,11 @@ def style_sensitivity(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(var, cov) of the style deviations of acts (K, N, C, L): var (C,) = diag(cov), cov (C, C)."""
     if acts.dim() != 4:
         raise ValueError(f"style_sensitivity expects (K, N, C, L), got shape {tuple(acts.shape)}")
-    k, n, c, l = acts.shape
+    k, n, c, length = acts.shape
     a = acts.to(_acc_dtype(acts))
     d = a - a.mean(0, keepdim=True)
-    m = d.permute(2, 0, 1, 3).reshape(c, k * n * l)
-    cov = m @ m.T / max(k * n * l, 1)
+    m = d.permute(2, 0, 1, 3).reshape(c, k * n * length)
+    cov = m @ m.T / max(k * n * length, 1)
     return cov.diagonal().clone(), cov
 
 

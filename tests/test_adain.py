@@ -19,11 +19,11 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from npdg.kernels import adain as K  # noqa: E402
-from npdg.kernels.adain import AdaINConfig  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from npdg import ops, reference  # noqa: E402
+from npdg.kernels import adain as K  # noqa: E402
+from npdg.kernels.adain import AdaINConfig  # noqa: E402
 
 _INTERPRETED = isinstance(K._adain_fwd_kernel, InterpretedFunction)
 _NEEDS_INTERPRETER = "CPU runs need TRITON_INTERPRET=1 before npdg.kernels is imported"

@@ -34,7 +34,8 @@ def test_reference_path_values(monkeypatch):
     monkeypatch.setenv("NPDG_KERNELS", "reference")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) * 3 + 2
-    mean, std = torch.randn(2, 3, generator=g, dtype=torch.float64), torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.5
+    mean = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    std = torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.5
     mu = x.mean((2, 3), keepdim=True)
     sigma = (x.var((2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
     expect = (x - mu) / sigma * std[..., None, None] + mean[..., None, None]
@@ -45,3 +46,19 @@ def test_reference_path_values(monkeypatch):
     d = (acts - acts.mean(0, keepdim=True)).permute(2, 0, 1, 3).reshape(4, -1)
     torch.testing.assert_close(cov, d @ d.T / d.shape[1], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(var, d.square().mean(1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (2, 3, 1, 1)])
+def test_reference_adain_broadcasts_like_the_kernel(monkeypatch, shape):
+    monkeypatch.setenv("NPDG_KERNELS", "reference")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    mean = torch.randn(shape, generator=g, dtype=torch.float64)
+    std = torch.rand(shape, generator=g, dtype=torch.float64) + 0.5
+    full = ops.adain(x, mean.reshape(-1, 3).expand(2, 3), std.reshape(-1, 3).expand(2, 3))
+    torch.testing.assert_close(ops.adain(x, mean, std), full, rtol=0, atol=0)
+
+
+def test_reference_adain_rejects_bad_style_shape():
+    with pytest.raises(ValueError, match=r"mean of shape \(4,\) does not broadcast"):
+        ops.adain(torch.randn(2, 3, 4, 4), torch.zeros(4), torch.ones(2, 3))

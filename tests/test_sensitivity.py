@@ -17,11 +17,11 @@ pytest.importorskip("triton")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from npdg.kernels import sensitivity as S  # noqa: E402
-from npdg.kernels.sensitivity import CovConfig  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from npdg import ops, reference  # noqa: E402
+from npdg.kernels import sensitivity as S  # noqa: E402
+from npdg.kernels.sensitivity import CovConfig  # noqa: E402
 
 _INTERPRETED = isinstance(S._style_cov_kernel, InterpretedFunction)
 _CUDA = torch.cuda.is_available() and not _INTERPRETED
