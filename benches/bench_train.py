@@ -1,7 +1,8 @@
 """Training throughput: one full SGD step (forward, loss, backward, update) in images/s.
 
-Full mode (GPU): DeepLabV3+ R50 and SegFormer-B0 at 512x512, batch 8, bf16 autocast.
-Quick mode (CI, CPU): the smallest models on a tiny crop, run once.
+Full mode on a GPU: DeepLabV3+ R50/R101 and SegFormer-B0/B2 at 512x512, batch 8, bf16 autocast.
+Full mode on a CPU: the two smallest models at 128x256, batch 2, fp32 (what the default CPU run uses).
+Quick mode (CI): the two smallest models on a tiny crop, run once.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from benches.conftest import env_info, quick_mode, sync
 from npdg.models import create_model
 from npdg.train import train_step
 
-MODELS = ["deeplabv3plus_r18", "segformer_b0"] if quick_mode() else [
+SMALL = ["deeplabv3plus_r18", "segformer_b0"]
+MODELS = SMALL if quick_mode() or not torch.cuda.is_available() else [
     "deeplabv3plus_r50", "deeplabv3plus_r101", "segformer_b0", "segformer_b2"]
+
+
+def problem_size(device: torch.device, quick: bool) -> tuple[int, tuple[int, int]]:
+    if quick:
+        return 2, (33, 65)
+    return (8, (512, 512)) if device.type == "cuda" else (2, (128, 256))
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_train_step(benchmark, name, bench_device, quick):
-    batch, (h, w) = (2, (33, 65)) if quick else (8, (512, 512))
+    batch, (h, w) = problem_size(bench_device, quick)
+    benchmark.group = f"train_step {name}"
     torch.manual_seed(0)
     model = create_model(name, num_classes=19).to(bench_device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
