@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into a markdown table (one row per benchmark).
 
-    python benches/summarize.py bench.json > summary.md
+    python benches/summarize.py bench.json [more.json ...] > summary.md
 
 Each row's speed-up is against the baseline provider (`eager` reference or plain-PyTorch loop) of
 the same pytest-benchmark group; benches set the group to one problem (op, shape, dtype, layout).
@@ -23,9 +23,10 @@ def rows(data: dict) -> list[dict]:
     return out
 
 
-def main(path: str) -> None:
-    data = json.load(open(path))
-    table = rows(data)
+def main(paths: list[str]) -> None:
+    files = [json.load(open(p)) for p in paths]
+    data = files[0]
+    table = [r for d in files for r in rows(d)]
     base = {}
     for r in table:
         if r["info"].get("provider") in BASELINES:  # a group = one problem (op, shape, dtype, layout)
@@ -48,4 +49,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main([p for p in sys.argv[1:] if not p.startswith('-')])

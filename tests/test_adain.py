@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
+from helpers import run_compiled  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from npdg import ops, reference  # noqa: E402
@@ -374,25 +375,11 @@ print(json.dumps(rows))
 """
 
 
-def _run_compiled(script: str) -> list:
-    """Run `script` in a fresh interpreter without TRITON_INTERPRET (compiled kernels), parse its JSON."""
-    import json
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launch default; silences triton 3.9's notice
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests compile the kernels for real")
 def test_kernels_compile_for_sm90_without_spills():
     """Ahead-of-time compile (triton's bundled ptxas; no GPU) of every AdaIN kernel in the configs the
     GPU heuristics pick: catches what the interpreter lets through (types, layouts) and register spills."""
-    rows = _run_compiled(_COMPILE_SCRIPT)
+    rows = run_compiled(_COMPILE_SCRIPT)
     assert len(rows) == 20
     spilled = [(label, r) for label, r in rows if r["stack"] > 0]
     assert not spilled, spilled

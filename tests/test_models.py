@@ -33,14 +33,7 @@ each_model = pytest.mark.parametrize("model", EVERY_MODEL, indirect=True)
 each_model_deep_slow = pytest.mark.parametrize("model", EVERY_MODEL_DEEP_SLOW, indirect=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Tiny inputs gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spin-waits
-    made these tests ~5x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def randomize_(model: nn.Module, seed=0) -> nn.Module:

@@ -17,6 +17,7 @@ pytest.importorskip("triton")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from helpers import run_compiled  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from npdg import ops, reference  # noqa: E402
@@ -218,26 +219,12 @@ print(json.dumps(rows))
 """
 
 
-def _run_compiled(script: str) -> list:
-    """Run `script` in a fresh interpreter without TRITON_INTERPRET (compiled kernels), parse its JSON."""
-    import json
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launch default; silences triton 3.9's notice
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests compile the kernels for real")
 def test_kernel_compiles_for_sm90():
     """Ahead-of-time compile (triton's bundled ptxas; no GPU) of every autotune candidate in every
     precision: catches what the interpreter lets through (dot shapes, precisions, layouts). The default
     config must not spill; the others may spill a little (the autotuner then just doesn't pick them)."""
-    rows = dict(_run_compiled(_COMPILE_SCRIPT))
+    rows = dict(run_compiled(_COMPILE_SCRIPT))
     assert len(rows) == 3 * len(S._AUTOTUNE_CONFIGS) + 3 + 1
     default = S._AUTOTUNE_CONFIGS[0]
     for prec in ("ieee", "tf32", "tf32x3"):

@@ -12,14 +12,7 @@ from npdg.serialization import model_payload
 ODD = (33, 45)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Tiny inputs gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spin-waits
-    made these tests ~5x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def test_pruned_widths_survive_save_load_and_training_checkpoint(tmp_path):
