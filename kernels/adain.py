@@ -65,6 +65,15 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # --- kernels -----------------------------------------------------------------------------------------
 @triton.jit
+def _program_rows(C, ncb, BLOCK_C: tl.constexpr):
+    """The block of rows (n, channels) of this program along grid axis 0: (n as int64, channel mask,
+    channel offsets as int64 -- row offsets like n*C*H*W overflow int32 at real sizes)."""
+    pid = tl.program_id(0)
+    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return (pid // ncb).to(tl.int64), offs_c < C, offs_c.to(tl.int64)
+
+
+@triton.jit
 def _welford_rows(X, ACC_REF, x_rows, mask_c, sxl, lo, hi, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """(mean, M2) of each row of X over positions [lo, hi): per-lane Welford, then a Chan merge of lanes.
 
@@ -110,11 +119,7 @@ def _adain_fwd_kernel(X, Y, MEAN, STD, MU, RSTD, C, L, ncb, eps,
                       sxn, sxc, sxl, syn, syc, syl, smn, smc, ssn, ssc,
                       BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ONE_PASS: tl.constexpr):
     """One program per (n, block of BLOCK_C channels): statistics, then normalization, of whole rows."""
-    pid = tl.program_id(0)
-    n = (pid // ncb).to(tl.int64)
-    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    c64 = offs_c.to(tl.int64)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
     acc_ty = MU.dtype.element_ty
     x_rows = n * sxn + c64 * sxc
     y_rows = n * syn + c64 * syc
@@ -144,13 +149,9 @@ def _adain_fwd_kernel(X, Y, MEAN, STD, MU, RSTD, C, L, ncb, eps,
 def _adain_fwd_partial_kernel(X, PMEAN, PM2, C, L, ncb, span, sxn, sxc, sxl,
                               BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """Split reduction, step 1: (mean, M2) of positions [s*span, (s+1)*span) of each row."""
-    pid = tl.program_id(0)
     s = tl.program_id(1)
     num_s = tl.num_programs(1)
-    n = (pid // ncb).to(tl.int64)
-    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    c64 = offs_c.to(tl.int64)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
     lo = s * span
     mean, m2 = _welford_rows(X, PMEAN, n * sxn + c64 * sxc, mask_c, sxl, lo, tl.minimum(lo + span, L),
                              BLOCK_C, BLOCK_L)
@@ -164,13 +165,9 @@ def _adain_fwd_apply_kernel(X, Y, MEAN, STD, PMEAN, PM2, MU, RSTD, C, L, ncb, sp
                             sxn, sxc, sxl, syn, syc, syl, smn, smc, ssn, ssc,
                             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr):
     """Split reduction, step 2: Chan-merge the S partials of each row, normalize this split's positions."""
-    pid = tl.program_id(0)
     s = tl.program_id(1)
     num_s = tl.num_programs(1)
-    n = (pid // ncb).to(tl.int64)
-    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    c64 = offs_c.to(tl.int64)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
     acc_ty = MU.dtype.element_ty
     offs_s = tl.arange(0, BLOCK_S)
     p = ((n * C + c64) * num_s)[:, None] + offs_s[None, :]
@@ -232,11 +229,7 @@ def _adain_bwd_kernel(DY, X, MU, RSTD, STD, DX, DMEAN, DSTD, C, L, ncb,
                       BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, ONE_PASS: tl.constexpr,
                       COMPUTE_DX: tl.constexpr):
     """One program per (n, channel block): d mean' = sum dy, d std' = sum dy * xhat, then dx."""
-    pid = tl.program_id(0)
-    n = (pid // ncb).to(tl.int64)
-    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    c64 = offs_c.to(tl.int64)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
     acc_ty = MU.dtype.element_ty
     st = n * C + c64
     mu = tl.load(MU + st, mask=mask_c, other=0.0)
@@ -271,13 +264,9 @@ def _adain_bwd_kernel(DY, X, MU, RSTD, STD, DX, DMEAN, DSTD, C, L, ncb,
 def _adain_bwd_partial_kernel(DY, X, MU, RSTD, PSDY, PSDYX, C, L, ncb, span, sdn, sdc, sdl, sxn, sxc, sxl,
                               BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """Split reduction, step 1: (sum dy, sum dy * xhat) of positions [s*span, (s+1)*span) of each row."""
-    pid = tl.program_id(0)
     s = tl.program_id(1)
     num_s = tl.num_programs(1)
-    n = (pid // ncb).to(tl.int64)
-    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    c64 = offs_c.to(tl.int64)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
     st = n * C + c64
     mu = tl.load(MU + st, mask=mask_c, other=0.0)
     rstd = tl.load(RSTD + st, mask=mask_c, other=0.0)
@@ -295,13 +284,9 @@ def _adain_bwd_apply_kernel(DY, X, MU, RSTD, STD, PSDY, PSDYX, DX, DMEAN, DSTD, 
                             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr,
                             COMPUTE_DX: tl.constexpr):
     """Split reduction, step 2: add the S partial sums of each row, write dx for this split's positions."""
-    pid = tl.program_id(0)
     s = tl.program_id(1)
     num_s = tl.num_programs(1)
-    n = (pid // ncb).to(tl.int64)
-    offs_c = (pid % ncb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    c64 = offs_c.to(tl.int64)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
     acc_ty = MU.dtype.element_ty
     st = n * C + c64
     offs_s = tl.arange(0, BLOCK_S)
