@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from benches.conftest import env_info, quick_mode, sync
+from benches.conftest import baseline_provider, env_info, quick_mode, sync
 from npdg import reference
 
 SHAPES = {
@@ -71,13 +71,9 @@ def _tensors(shape, dtype, layout, device, grad):
 
 
 def _provider_fn(provider, device):
-    if provider != "eager" and device.type != "cuda":
-        pytest.skip(f"{provider} is benchmarked on CUDA only")
-    if provider == "eager":
-        return reference.adain
-    if provider == "compile":
-        torch._dynamo.reset()  # a fresh compile per case (no recompile-limit fallback to eager)
-        return torch.compile(reference.adain, dynamic=False)
+    baseline = baseline_provider(provider, device, reference.adain)
+    if baseline is not None:
+        return baseline
     from npdg.kernels.adain import AdaINConfig, adain
 
     if provider == TWO_LOOP:

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from benches.conftest import env_info, quick_mode, sync
+from benches.conftest import baseline_provider, env_info, quick_mode, sync
 from npdg import reference
 
 K, N = 4, 2
@@ -36,13 +36,9 @@ def _cases():
 
 
 def _provider_fn(provider, device):
-    if provider != "eager" and device.type != "cuda":
-        pytest.skip(f"{provider} is benchmarked on CUDA only")
-    if provider == "eager":
-        return reference.style_sensitivity
-    if provider == "compile":
-        torch._dynamo.reset()  # a fresh compile per case (no recompile-limit fallback to eager)
-        return torch.compile(reference.style_sensitivity, dynamic=False)
+    baseline = baseline_provider(provider, device, reference.style_sensitivity)
+    if baseline is not None:
+        return baseline
     from npdg.kernels.sensitivity import style_sensitivity
 
     precision = provider.removeprefix("triton_")

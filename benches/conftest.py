@@ -49,6 +49,19 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def baseline_provider(provider: str, device, reference_fn):
+    """The `eager` (reference_fn itself) and `compile` (torch.compile of it) providers; None for any
+    other provider (the bench's own kernels). Everything but eager is benchmarked on CUDA only."""
+    if provider != "eager" and torch.device(device).type != "cuda":
+        pytest.skip(f"{provider} is benchmarked on CUDA only")
+    if provider == "eager":
+        return reference_fn
+    if provider == "compile":
+        torch._dynamo.reset()  # a fresh compile per case (no recompile-limit fallback to eager)
+        return torch.compile(reference_fn, dynamic=False)
+    return None
+
+
 @pytest.fixture(scope="session")
 def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
