@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from npdg.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
-from npdg.data.spec import KINDS, SpecError, build_dataset
+from npdg.data.spec import KINDS, SpecError, build_dataset, hw_arg
 from npdg.metrics import ConfusionMatrix, format_table
 
 
@@ -109,14 +109,6 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
     return cm.summary(class_names)
 
 
-def _hw(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 512x1024), got {text!r}") from None
-    return h, w
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m npdg.eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -129,15 +121,15 @@ def build_parser():
     p.add_argument("--split", default=None, help="dataset split (default: val / validation / all per kind)")
     p.add_argument("--json", type=Path,
                    help="write {SPEC: {miou: percent, per_class: {class: percent or null}}}")
-    p.add_argument("--size", type=_hw, default=None,
+    p.add_argument("--size", type=hw_arg, default=None,
                    help="HxW: synthetic generation size (default 128x256); resize for on-disk data")
     p.add_argument("--num", type=int, default=None, help="synthetic scenes / first N on-disk samples")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--sliding", action="store_true", help="sliding-window inference")
-    p.add_argument("--window", type=_hw, help="sliding window HxW")
-    p.add_argument("--stride", type=_hw, help="sliding stride HxW (default 2/3 of the window)")
+    p.add_argument("--window", type=hw_arg, help="sliding window HxW")
+    p.add_argument("--stride", type=hw_arg, help="sliding stride HxW (default 2/3 of the window)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda[:i]")
     return p
 

@@ -112,7 +112,8 @@ def evaluate_domains(model, datasets: dict, cfg: Config, device) -> dict:
     """{SPEC: {"miou": percent, "per_class": {...}}}."""
     from npdg.eval import evaluate
 
-    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device) for spec, ds in datasets.items()}
+    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=spec)
+            for spec, ds in datasets.items()}
 
 
 def train(cfg: Config) -> dict:

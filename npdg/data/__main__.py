@@ -17,17 +17,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from .labels import colorize
+from .spec import hw_arg
 from .synthetic import DEFAULT_SIZE, DOMAINS, SPLITS, SyntheticSegmentation
 
 
 def _hw(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 128x256), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size {text!r} is too small (min 8x8)")
-    return h, w
+    return hw_arg(text, min_side=8)  # smaller scenes lose their thin objects entirely
 
 
 def export(domain, split, num, out, size=DEFAULT_SIZE, seed=0, progress=True):

@@ -5,6 +5,8 @@
     cityscapes:ROOT  gta5:ROOT  bdd100k:ROOT  mapillary:ROOT  synthia:ROOT
 """
 
+import argparse
+
 from .base import DatasetError
 
 KINDS = ("synthetic", "folder", "cityscapes", "gta5", "bdd100k", "mapillary", "synthia")
@@ -15,6 +17,17 @@ DEFAULT_SPLIT = {"synthetic": "val", "cityscapes": "val", "gta5": "all", "bdd100
 
 class SpecError(ValueError):
     """A malformed or unknown dataset SPEC."""
+
+
+def hw_arg(text, min_side=1):
+    """argparse type for an image size 'HxW' -> (H, W); shared by the eval and data CLIs."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 128x256), got {text!r}") from None
+    if h < min_side or w < min_side:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too small (min {min_side}x{min_side})")
+    return h, w
 
 
 def parse_spec(spec):
