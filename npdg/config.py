@@ -14,13 +14,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METHODS = ("erm",)  # grows as the pipeline lands: slimming, dsp, npdg
+METHODS = ("erm", "slimming", "dsp", "npdg")
+DSP_LEVELS = ("feature", "image")
+PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
 
 @dataclass
 class Config:
     # --- what to train
-    method: str = "erm"  # training recipe; one of METHODS
+    method: str = "npdg"  # recipe: erm (source only) | slimming (L1 on γ, prune) | dsp | npdg
+    preset: str = ""  # a YAML under npdg/presets/ applied before --config and overrides (e.g. quick)
     model: str = "deeplabv3plus_r18"  # any name from npdg.models.available_models()
     num_classes: int = 19  # Cityscapes train ids
     pretrained: str = ""  # local ImageNet backbone state dict ("" = random init; no downloads)
@@ -36,12 +39,42 @@ class Config:
 
     # --- optimisation (SGD + poly schedule, as in the DG-segmentation literature)
     iters: int = 600  # optimiser steps
+    optimizer: str = "sgd"  # sgd (momentum) | adamw (SegFormer's recipe)
     batch_size: int = 8
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+
+    # --- pruning (slimming, npdg): sparse training, global prune per unit kind, compact, fine-tune
+    sparsity: float = 5e-3  # s: the loss adds s * sum_i w_i |gamma_i| (w = 1 for slimming)
+    ratio: float = 0.3  # fraction of units removed per kind (the paper: 20-40 % best)
+    threshold: float = 0.0  # > 0: remove units with importance < threshold instead of a ratio
+    round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
+    min_keep: int = 1  # units every group keeps at least
+    finetune_iters: int = 150  # fine-tuning steps of the compacted model (its own poly schedule)
+    finetune_lr: float = 0.0  # 0 = lr
+
+    # --- DSP: differentiable style perturbation (dsp, npdg)
+    dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
+    dsp_p: float = 0.5  # fraction of each batch replaced by perturbed samples
+    dsp_latent: int = 32  # D-VAE latent size
+    dsp_hidden: int = 256  # D-VAE MLP width
+    dsp_beta: float = 1e-3  # KL weight of the D-VAE
+    dsp_lr: float = 1e-3  # Adam learning rate of the D-VAE (feature level, trained online)
+    adv_steps: int = 1  # gradient-ascent steps on the latent noise eps (0 = random styles)
+    adv_step_size: float = 1.0  # length of each normalised ascent step in latent units
+    eps_scale: float = 1.0  # std of the initial eps; >1 samples styles further from the source
+    generator: str = ""  # image level: generator.pt from `python -m npdg.dsp train`
+    encoder_weights: str = ""  # image level without --generator: VGG weights for a new generator
+
+    # --- sensitivity (npdg): which units react to style
+    lam: float = 0.4  # w = lam * unary + (1 - lam) * binary; 1 = unary only, 0 = binary only
+    sens_k: int = 4  # style variants per content batch
+    sens_every: int = 100  # recompute the weights every this many sparse-training steps
+    sens_batch: int = 8  # content images per sensitivity pass
+    sens_precision: str = "ieee"  # ieee | tf32 | tf32x3 (GPU kernel precision)
 
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -50,6 +83,7 @@ class Config:
     log_every: int = 20  # iterations between log lines
     eval_every: int = 0  # iterations between source-val evaluations (0 = only at the end)
     out: str = ""  # run directory ("" = runs/<method>-<model>-<timestamp>)
+    ckpt_every: int = 100  # steps between resumable checkpoints (checkpoint.pt) inside a stage
 
     def validate(self) -> Config:
         if self.method not in METHODS:
@@ -60,12 +94,56 @@ class Config:
         for name in ("crop", "eval_size"):
             if len(getattr(self, name)) != 2 or min(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be two positive ints (H, W), got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        _check_range(self, "lr", 0, None, low_open=True)
+        for name in ("sparsity", "threshold", "finetune_lr", "dsp_beta", "adv_step_size", "eps_scale"):
+            _check_range(self, name, 0, None)
+        _check_range(self, "ratio", 0, 1, high_open=True)
+        _check_range(self, "lam", 0, 1)
+        _check_range(self, "dsp_p", 0, 1)
+        _check_range(self, "dsp_lr", 0, None, low_open=True)
+        for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
+                          ("sens_k", 2), ("sens_every", 1), ("sens_batch", 1), ("dsp_latent", 1),
+                          ("dsp_hidden", 1), ("ckpt_every", 1), ("workers", 0), ("log_every", 1),
+                          ("eval_every", 0), ("val_num", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}: expected sgd or adamw")
+        if self.dsp_level not in DSP_LEVELS:
+            raise ValueError(f"dsp_level={self.dsp_level!r}: expected one of {', '.join(DSP_LEVELS)}")
+        if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
+            raise ValueError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self
+
+    def check_files(self) -> None:
+        """The files this run reads exist (checked by the trainer before any work; presets name paths
+        that only exist on the user's machine, so validate() does not)."""
+        for name in ("generator", "pretrained"):
+            if getattr(self, name) and not Path(getattr(self, name)).is_file():
+                raise FileNotFoundError(f"{name}: file not found: {getattr(self, name)}")
+        if self.uses_dsp and self.dsp_level == "image" and not self.generator:
+            raise ValueError("dsp_level=image needs --generator PATH (train one with `python -m npdg.dsp train`)")
+
+    @property
+    def prunes(self) -> bool:
+        return self.method in ("slimming", "npdg")
+
+    @property
+    def uses_dsp(self) -> bool:
+        return self.method in ("dsp", "npdg")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_range(cfg, name, low, high, low_open=False, high_open=False):
+    v = getattr(cfg, name)
+    bad = (low is not None and (v < low or (low_open and v == low))) or (
+        high is not None and (v > high or (high_open and v == high)))
+    if bad or v != v:  # v != v: NaN
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {'inf' if high is None else high}{hi}, got {v}")
 
 
 def _coerce(value, tp, key: str):
@@ -100,7 +178,11 @@ def _apply(cfg: Config, values: dict, where: str) -> None:
     for key, value in values.items():
         key = key.replace("-", "_")
         if key not in known:
-            raise KeyError(f"{where}: unknown config key {key!r}; valid keys: {', '.join(sorted(known))}")
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(known))}"
+            raise KeyError(f"{where}: unknown config key {key!r}; {hint}")
         setattr(cfg, key, _coerce(value, hints[key], key))
 
 
@@ -126,20 +208,37 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    cfg = Config()
-    if path:
-        import yaml
+def _read_yaml(path: Path) -> dict:
+    import yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
         data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys at the top level")
-        _apply(cfg, data, str(path))
-    if overrides:
-        _apply(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides), "command line")
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults < preset (``preset`` key, from the file or the command line) < YAML file < overrides."""
+    file_values = _read_yaml(Path(path)) if path else {}
+    cli = (overrides if isinstance(overrides, dict) else parse_overrides(overrides)) if overrides else {}
+    preset = str(cli.get("preset", file_values.get("preset", "")) or "")
+    cfg = Config()
+    if preset:
+        if preset not in available_presets():
+            raise ValueError(f"preset={preset!r}: expected one of {', '.join(available_presets())}")
+        _apply(cfg, _read_yaml(PRESET_DIR / f"{preset}.yaml"), f"preset {preset}")
+    _apply(cfg, file_values, str(path))
+    _apply(cfg, cli, "command line")
+    cfg.preset = preset
     return cfg.validate()
 
 

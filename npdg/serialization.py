@@ -33,8 +33,10 @@ def model_payload(model, **extra) -> dict:
 
 
 def model_from_payload(payload: dict, map_location="cpu"):
-    if "format" not in payload and isinstance(payload.get("model"), dict):
-        payload = payload["model"]  # a training checkpoint
+    if not isinstance(payload, dict):
+        raise ValueError(f"not an {FORMAT} payload (a {type(payload).__name__})")
+    if payload.get("format") != FORMAT and isinstance(payload.get("model"), dict):
+        payload = payload["model"]  # a training checkpoint (npdg-run/1)
     if payload.get("format") != FORMAT:
         raise ValueError(f"not an {FORMAT} payload (format={payload.get('format')!r})")
     from npdg.models import create_model

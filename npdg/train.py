@@ -1,38 +1,49 @@
-"""Train a segmentation model on one source domain and evaluate it on unseen target domains.
+"""Train on one source domain, prune what reacts to style, fine-tune, evaluate on unseen domains.
 
-    python -m npdg.train                                  # defaults: the embedded synthetic benchmark
-    python -m npdg.train --config run.yaml --iters=2000 --model=segformer_b0 --out runs/b0
+    python -m npdg.train                                  # NPDG on the embedded benchmark (defaults)
+    python -m npdg.train --method slimming --ratio 0.4 --out runs/slim
+    python -m npdg.train --preset quick --method erm      # every method end to end in ~2 minutes
+    python -m npdg.train --resume runs/slim               # continue an interrupted run
     torchrun --standalone --nproc_per_node=8 -m npdg.train --device=cuda --batch_size=8
 
-Writes RUN_DIR/config.json (resolved), train_log.jsonl, checkpoint.pt ({model, optimizer, scheduler,
-step, config}), model.pt (npdg.save_model), metrics.json (mIoU in percent per domain), loss.png and
-report.md. Multi-GPU: DDP is enabled when torchrun sets RANK/LOCAL_RANK/WORLD_SIZE; rank 0 logs,
-evaluates and writes checkpoints.
+A method is a recipe: which stages run and which loss terms a step adds.
 
-Methods implemented so far: ``erm`` (plain source training). The DSP / sparsity / pruning stages of
-NPDG plug into this loop as they land.
+    erm       train (cross-entropy)                                   -> evaluate
+    dsp       train (cross-entropy on style-perturbed batches)        -> evaluate
+    slimming  train (+ s·Σ|γ|) -> prune + compact -> fine-tune        -> evaluate
+    npdg      train (DSP + s·Σ w·|γ|, w = style sensitivity) -> prune + compact -> fine-tune (DSP) -> evaluate
+
+The run directory holds config.json (resolved), train_log.jsonl, checkpoint.pt (resumable state,
+written atomically every ckpt_every steps and between stages), dense.pt (before pruning), final.pt (the
+model to take away), metrics.json, report.md and its plots. DDP: launched by torchrun, every rank runs
+every stage; rank 0 selects the pruning masks and broadcasts them, logs, evaluates and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import npdg
-from npdg.config import Config, load_config, save_config
-from npdg.serialization import model_payload
+from npdg import checkpoint
+from npdg.config import Config, load_config
+from npdg.loop import Context, NonFiniteError, fit, poly
+from npdg.serialization import model_from_payload, model_payload
 
 IGNORE_INDEX = 255
+STAGES = {
+    "erm": ("train", "evaluate"),
+    "dsp": ("train", "evaluate"),
+    "slimming": ("train", "prune", "finetune", "evaluate"),
+    "npdg": ("train", "prune", "finetune", "evaluate"),
+}
 
 
 def setup_distributed(device_opt: str) -> tuple[torch.device, int, int]:
@@ -40,9 +51,9 @@ def setup_distributed(device_opt: str) -> tuple[torch.device, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
+        cuda = torch.cuda.is_available() and device_opt != "cpu"
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
             torch.cuda.set_device(local)
             return torch.device("cuda", local), rank, world
         return torch.device("cpu"), rank, world
@@ -54,49 +65,20 @@ def setup_distributed(device_opt: str) -> tuple[torch.device, int, int]:
     return device, 0, 1
 
 
-def poly_lr(step: int, total: int, power: float) -> float:
-    return (1 - step / total) ** power
+def cross_entropy(logits, labels):
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
 
-def train_step(net, opt, images, labels, autocast=None) -> float:
-    """One SGD step of the segmentation loss; returns the loss value (synchronises once, on .item())."""
-    with autocast or nullcontext():
-        logits = net(images)
-    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.item()
+# --- datasets ------------------------------------------------------------------------------------------
 
-
-def infinite(loader, sampler=None):
-    """Endless batches; each pass is a new epoch (new shuffle, new augmentation draws)."""
-    epoch = 0
-    while True:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if hasattr(loader.dataset, "set_epoch"):  # workers are re-created per epoch and pick this up
-            loader.dataset.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
-def build_loader(cfg: Config, rank: int, world: int):
+def train_dataset(cfg: Config):
     from npdg.data import build_dataset
     from npdg.data.transforms import TrainAugment
 
     synthetic = cfg.source.startswith("synthetic:")
-    dataset = build_dataset(cfg.source, split="train", size=tuple(cfg.crop) if synthetic else None,
-                            num=cfg.train_num if synthetic else None,
-                            seed=cfg.seed, transform=TrainAugment(crop=tuple(cfg.crop)))
-    sampler = None
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-        num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(cfg.seed))
-    return loader, sampler
+    return build_dataset(cfg.source, split="train", size=tuple(cfg.crop) if synthetic else None,
+                         num=cfg.train_num if synthetic else None, seed=cfg.seed,
+                         transform=TrainAugment(crop=tuple(cfg.crop)))
 
 
 def eval_datasets(cfg: Config) -> dict:
@@ -108,106 +90,255 @@ def eval_datasets(cfg: Config) -> dict:
             for spec in [cfg.source] + list(cfg.targets)}
 
 
-def evaluate_domains(model, datasets: dict, cfg: Config, device) -> dict:
-    """{SPEC: {"miou": percent, "per_class": {...}}}."""
-    from npdg.eval import evaluate
+# --- the method's loss terms -------------------------------------------------------------------------
 
-    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=spec)
-            for spec, ds in datasets.items()}
+class Recipe:
+    """The loss of one step for cfg.method: task loss (plain or DSP) + the sparsity term while sparse
+    training. Owns the DSP module and the sensitivity weights (both part of the resumable state)."""
+
+    def __init__(self, ctx: Context, model):
+        self.ctx, self.cfg = ctx, ctx.cfg
+        self.dsp = self.dsp_opt = None
+        self.weights = None  # npdg: {group: w (size,)} from the last sensitivity pass
+        if self.cfg.uses_dsp:
+            self.attach_dsp(model)
+
+    def attach_dsp(self, model) -> None:
+        cfg = self.cfg
+        if cfg.dsp_level == "image":
+            from npdg.dsp.generator import load_generator
+
+            self.dsp = load_generator(cfg.generator).to(self.ctx.device)
+            self.dsp.requires_grad_(False)
+            return
+        from npdg.dsp.perturb import FeatureDSP
+
+        self.dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
+                              beta=cfg.dsp_beta, p=cfg.dsp_p, adv_steps=cfg.adv_steps,
+                              adv_step_size=cfg.adv_step_size, eps_scale=cfg.eps_scale).to(self.ctx.device)
+        self.dsp_opt = torch.optim.Adam(self.dsp.parameters(), lr=cfg.dsp_lr)
+
+    @property
+    def extra_opts(self):
+        return [self.dsp_opt] if self.dsp_opt is not None else []
+
+    @property
+    def sync_params(self):
+        return list(self.dsp.parameters()) if self.dsp_opt is not None else []
+
+    def task_loss(self, net, model, images, labels):
+        cfg = self.cfg
+        if self.dsp is None:
+            return cross_entropy(net(images), labels), {}
+        if cfg.dsp_level == "image":
+            from npdg.dsp.generator import image_task_loss
+
+            return image_task_loss(self.dsp, net, images, labels, cross_entropy, p=cfg.dsp_p,
+                                   adv_steps=cfg.adv_steps, adv_step_size=cfg.adv_step_size,
+                                   eps_scale=cfg.eps_scale)
+        return self.dsp.task_loss(net, model, images, labels, cross_entropy)
+
+    def refresh_sensitivity(self, model, images) -> None:
+        from npdg.sensitivity import compute_sensitivity
+
+        cfg = self.cfg
+        sens = compute_sensitivity(model, images[: cfg.sens_batch], self.dsp, k=cfg.sens_k, lam=cfg.lam,
+                                   precision=cfg.sens_precision)
+        self.ctx.all_mean_(list(sens.weights.values()))
+        self.weights = sens.weights
+        self.last_sensitivity = sens
+
+    def sparse_loss_fn(self, model):
+        """The train stage's loss: task + s·Σ w·|γ| (w = 1 for slimming, sensitivity for npdg)."""
+        from npdg.pruning import l1_penalty
+
+        cfg = self.cfg
+
+        def loss_fn(net, step, images, labels):
+            if cfg.method == "npdg" and (self.weights is None or (step - 1) % cfg.sens_every == 0):
+                self.refresh_sensitivity(model, images)
+            loss, logs = self.task_loss(net, model, images, labels)
+            if cfg.prunes and cfg.sparsity > 0:
+                penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None)
+                loss = loss + cfg.sparsity * penalty
+                logs = {**logs, "penalty": penalty.item()}
+            return loss, logs
+
+        return loss_fn
+
+    def plain_loss_fn(self, model):
+        return lambda net, step, images, labels: self.task_loss(net, model, images, labels)
+
+    def state(self) -> dict | None:
+        out = {}
+        if self.dsp is not None and self.dsp_opt is not None:
+            out["dsp"] = {"state": self.dsp.state_dict(), "optimizer": self.dsp_opt.state_dict()}
+        if self.weights is not None:
+            out["sensitivity"] = {k: v.detach().cpu() for k, v in self.weights.items()}
+        return out
+
+    def load_state(self, state: dict) -> None:
+        if state.get("dsp") and self.dsp_opt is not None:
+            self.dsp.load_state_dict(state["dsp"]["state"])
+            self.dsp_opt.load_state_dict(state["dsp"]["optimizer"])
+        if state.get("sensitivity"):
+            self.weights = {k: v.to(self.ctx.device) for k, v in state["sensitivity"].items()}
 
 
-def train(cfg: Config) -> dict:
-    device, rank, world = setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed + rank)
-    main = rank == 0
+# --- stages -------------------------------------------------------------------------------------------
+
+class Run:
+    """One training run: its directory, its process context and the stage state machine."""
+
+    def __init__(self, cfg: Config, run_dir: Path, ctx: Context):
+        self.cfg, self.dir, self.ctx = cfg, run_dir, ctx
+
+    def save_state(self, stage: str, step: int, model, opt=None, sched=None, recipe: Recipe | None = None):
+        if not self.ctx.main:
+            return
+        checkpoint.save({
+            "format": checkpoint.RUN_FORMAT, "version": npdg.__version__, "config": self.cfg.to_dict(),
+            "stage": stage, "step": step, "model": model_payload(model),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            **(recipe.state() if recipe is not None else {}),
+            "rng": checkpoint.rng_state(), "history": self.ctx.history,
+        }, self.dir / checkpoint.STATE)
+
+    def optimise(self, stage, model, recipe, loss_fn, iters, lr, resume):
+        cfg = self.cfg
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, poly(iters, cfg.poly_power))
+        start = 0
+        if resume is not None:
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            start = resume["step"]
+        fit(self.ctx, stage, model, self.train_set, loss_fn, opt, sched, iters, start,
+            extra_opts=recipe.extra_opts, sync_params=recipe.sync_params,
+            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, recipe))
+
+    def stage_train(self, model, recipe, resume):
+        cfg = self.cfg
+        self.optimise("train", model, recipe, recipe.sparse_loss_fn(model), cfg.iters, cfg.lr, resume)
+        if self.ctx.main:
+            checkpoint.save(model_payload(model), self.dir / "dense.pt")
+            if getattr(recipe, "last_sensitivity", None) is not None:
+                recipe.last_sensitivity.save(self.dir / "sensitivity.json")
+        return model
+
+    def stage_prune(self, model, recipe):
+        from npdg.pruning import compact, select_masks
+
+        cfg = self.cfg
+        masks = [None]
+        if self.ctx.main:
+            masks[0] = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
+                                    threshold=cfg.threshold if cfg.threshold > 0 else None,
+                                    round_to=cfg.round_to, min_keep=cfg.min_keep)
+        if self.ctx.world > 1:  # rank 0 decides, everyone compacts the same way
+            torch.distributed.broadcast_object_list(masks, src=0)
+        small = compact(model, {k: v.to(self.ctx.device) for k, v in masks[0].items()})
+        if recipe.dsp is not None and cfg.dsp_level == "feature" and small.style_channels != model.style_channels:
+            recipe.attach_dsp(small)  # the perturbed layer itself was pruned (VGG): a fresh D-VAE
+        return small
+
+    def stage_finetune(self, model, recipe, resume):
+        cfg = self.cfg
+        self.optimise("finetune", model, recipe, recipe.plain_loss_fn(model), cfg.finetune_iters,
+                      cfg.finetune_lr or cfg.lr, resume)
+        if self.ctx.main:
+            checkpoint.save(model_payload(model), self.dir / "final.pt")
+        return model
+
+    def stage_evaluate(self, model):
+        from npdg.report import write_metrics_and_report
+
+        if not self.ctx.main:
+            return {}
+        if not self.cfg.prunes:
+            checkpoint.save(model_payload(model), self.dir / "final.pt")
+        return write_metrics_and_report(self.dir, self.cfg, self.val_sets, self.ctx)
+
+    def run(self, state: dict | None) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        stages = STAGES[cfg.method]
+        if state is None:
+            from npdg.models import create_model
+
+            model = create_model(cfg.model, num_classes=cfg.num_classes,
+                                 **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
+            start_stage = "train"
+        else:
+            model = model_from_payload(state["model"])
+            start_stage = state["stage"]
+            ctx.history.update(state.get("history", {}))
+        model = model.to(ctx.device)
+        if start_stage == "done":
+            print(f"{self.dir}: this run is already complete (metrics.json)", file=sys.stderr)
+            metrics_file = self.dir / "metrics.json"
+            return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        self.val_sets = eval_datasets(cfg) if ctx.main else {}
+        self.train_set = train_dataset(cfg)
+        recipe = Recipe(ctx, model)
+        if state is not None:
+            recipe.load_state(state)
+            checkpoint.set_rng_state(state["rng"])  # last: building the above must not shift it
+        metrics = {}
+        for stage in stages[stages.index(start_stage):]:
+            resume = state if (state is not None and stage == start_stage and state["step"] > 0) else None
+            if stage == "train":
+                model = self.stage_train(model, recipe, resume)
+                nxt = stages[stages.index(stage) + 1]
+            elif stage == "prune":
+                model = self.stage_prune(model, recipe)
+                nxt = "finetune"
+            elif stage == "finetune":
+                model = self.stage_finetune(model, recipe, resume)
+                nxt = "evaluate"
+            else:
+                metrics = self.stage_evaluate(model)
+                nxt = "done"
+            self.save_state(nxt, 0, model, recipe=recipe)
+        return metrics
+
+
+def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Config, Path, dict | None]:
+    """(config, run directory, resumable state or None); refuses to overwrite an existing run."""
+    if resume:
+        state = checkpoint.load_state(resume)
+        cfg = Config(**{**Config().to_dict(), **state["config"]})
+        cfg.crop, cfg.eval_size = tuple(cfg.crop), tuple(cfg.eval_size)
+        return cfg.validate(), Path(resume), state
     run_dir = Path(cfg.out or f"runs/{cfg.method}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
-    val_sets = eval_datasets(cfg) if main else {}
+    if (run_dir / checkpoint.STATE).exists() or (run_dir / "config.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume {run_dir} "
+                              "or choose another --out")
+    return cfg, run_dir, None
 
-    from npdg.models import create_model
 
-    model = create_model(cfg.model, num_classes=cfg.num_classes,
-                         **({"pretrained": cfg.pretrained} if cfg.pretrained else {})).to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index]) if world > 1 else model
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly_lr(s, cfg.iters, cfg.poly_power))
-    loader, sampler = build_loader(cfg, rank, world)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
-                else nullcontext())
-
-    log = open(run_dir / "train_log.jsonl", "w") if main else None
-    batches = infinite(loader, sampler)
-    seen, t0, losses = 0, time.perf_counter(), []
-    bar = tqdm(range(1, cfg.iters + 1), desc=f"{cfg.method} {cfg.model}", disable=not main, dynamic_ncols=True)
-    net.train()
-    for step in bar:
-        images, labels = next(batches)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        loss = train_step(net, opt, images, labels, autocast)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr or check the data")
-        sched.step()
-        seen += images.shape[0] * world
-        losses.append(loss)
-        if main and (step % cfg.log_every == 0 or step == cfg.iters):
-            rate = seen / (time.perf_counter() - t0)
-            row = {"step": step, "loss": sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]),
-                   "lr": sched.get_last_lr()[0], "img_per_s": rate}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
-        if main and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iters:
-            from npdg.eval import evaluate
-
-            miou = evaluate(model, val_sets[cfg.source], batch_size=cfg.batch_size, device=device)["miou"]
-            tqdm.write(f"step {step}: source val mIoU {miou:.2f}%")
-            net.train()
-    train_time = time.perf_counter() - t0
-
-    metrics = {}
-    if main:
-        log.close()
-        torch.save({"model": model_payload(model), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "step": cfg.iters, "config": cfg.to_dict()},
-                   run_dir / "checkpoint.pt")
-        npdg.save_model(model, run_dir / "model.pt")
-        domains = evaluate_domains(model, val_sets, cfg, device)
-        metrics = {"method": cfg.method, "model": cfg.model, "miou_unit": "percent",
-                   "train_images_per_s": seen / train_time, "train_seconds": train_time,
-                   "domains": domains}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_report(run_dir, cfg, metrics, losses)
-        print(f"\nrun directory: {run_dir}")
-        for spec, res in domains.items():
-            print(f"  {spec:28s} mIoU {res['miou']:6.2f}%")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+def train(cfg: Config, resume: str | None = None) -> dict:
+    cfg, run_dir, state = prepare_run_dir(cfg, resume)
+    device, rank, world = setup_distributed(cfg.device)
+    if state is None:
+        torch.manual_seed(cfg.seed + rank)
+    ctx = Context(cfg, device, rank, world)
+    try:
+        if ctx.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
+            ctx.log = open(run_dir / "train_log.jsonl", "a")
+        metrics = Run(cfg, run_dir, ctx).run(state)
+    finally:
+        if ctx.log is not None:
+            ctx.log.close()
+        if world > 1:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
     return metrics
-
-
-def write_report(run_dir: Path, cfg: Config, metrics: dict, losses: list[float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
-    ax.set(xlabel="iteration", ylabel="cross-entropy", title=f"{cfg.method} {cfg.model}", yscale="log")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png")
-    plt.close(fig)
-    lines = [f"# {cfg.method} · {cfg.model}", "",
-             f"{cfg.iters} iterations, batch {cfg.batch_size}, crop {cfg.crop[0]}x{cfg.crop[1]}, "
-             f"{metrics['train_images_per_s']:.1f} train images/s, {metrics['train_seconds']:.0f} s.", "",
-             "| domain | mIoU (%) |", "|---|---|"]
-    lines += [f"| {spec} | {res['miou']:.2f} |" for spec, res in metrics["domains"].items()]
-    lines += ["", "![loss](loss.png)", ""]
-    (run_dir / "report.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -215,17 +346,30 @@ def main(argv: list[str] | None = None) -> dict:
                                      epilog="Any config key can be overridden as --key=value; "
                                             "see npdg/config.py for keys and defaults.")
     parser.add_argument("--config", help="YAML file of config keys")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its own config")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     args, overrides = parser.parse_known_args(argv)
+    if args.resume and (args.config or overrides):
+        parser.error("--resume continues a run with the config it was started with; drop the other options")
     try:
         cfg = load_config(args.config, overrides)
+        cfg.check_files()
     except (KeyError, ValueError, FileNotFoundError) as exc:
         parser.error(str(exc).strip("'\""))
     from npdg.data import DatasetError, SpecError
+    from npdg.pruning import PruningError
 
     try:
-        return train(cfg)
-    except (SpecError, DatasetError, FileNotFoundError) as exc:
+        return train(cfg, args.resume)
+    except (SpecError, DatasetError, FileNotFoundError, FileExistsError, checkpoint.CheckpointError,
+            PruningError) as exc:
+        if args.debug:
+            raise
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except NonFiniteError as exc:
+        if args.debug:
+            raise
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

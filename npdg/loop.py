@@ -1,0 +1,158 @@
+"""The optimisation loop every training stage shares: resumable data order, DDP, checkpoints, logging.
+
+A stage hands :func:`fit` a ``loss_fn(net, step, images, labels) -> (loss, logs)``; the method's loss
+terms (DSP, sparsity) live beside their parts (``npdg.dsp``, ``npdg.pruning``, ``npdg.sensitivity``)
+and are composed in ``npdg.train``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from npdg.config import Config
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss became NaN/inf; the message names the stage and step."""
+
+
+@dataclass
+class Context:
+    """What every stage needs to know about the process it runs in."""
+
+    cfg: Config
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    log: object = None  # open train_log.jsonl (rank 0) or None
+    history: dict = field(default_factory=lambda: {"losses": {}, "seconds": {}, "images_per_s": {}})
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        """DDP around ``model`` when distributed (CPU modules take device_ids=None)."""
+        if self.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def all_mean_(self, tensors) -> None:
+        """Average tensors across ranks in place (no-op on one process)."""
+        if self.world == 1:
+            return
+        for t in tensors:
+            torch.distributed.all_reduce(t)
+            t.div_(self.world)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per (seed, epoch), this rank's share of it, from a batch offset on.
+
+    Unlike DataLoader(shuffle=True), the order is a pure function of (seed, epoch), so a resumed run
+    sees exactly the batches the interrupted one would have seen.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_rank = n // world
+        self.batches_per_epoch = self.per_rank // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{n} training samples give no full batch of {batch_size} on {world} process(es)")
+        self.epoch, self.skip = 0, 0
+
+    def set_position(self, epoch: int, skip_batches: int) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[self.rank : self.per_rank * self.world : self.world]
+        perm = perm[: self.batches_per_epoch * self.batch_size]
+        return iter(perm[self.skip * self.batch_size :].tolist())
+
+    def __len__(self):
+        return (self.batches_per_epoch - self.skip) * self.batch_size
+
+
+def batches(dataset, ctx: Context, start_step: int):
+    """Endless (images, labels) batches on ctx.device, continuing after ``start_step`` batches."""
+    cfg = ctx.cfg
+    sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, ctx.rank, ctx.world)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=cfg.workers, pin_memory=ctx.device.type == "cuda",
+                                         # its own generator: creating an iterator must not draw from the
+                                         # global RNG (dropout / DSP noise), or a resume would shift it
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    epoch, skip = divmod(start_step, sampler.batches_per_epoch)
+    while True:
+        sampler.set_position(epoch, skip)
+        if hasattr(dataset, "set_epoch"):  # workers are re-created per epoch and pick this up
+            dataset.set_epoch(epoch)
+        for images, labels in loader:
+            yield images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        epoch, skip = epoch + 1, 0
+
+
+def poly(total: int, power: float):
+    return lambda step: max(0.0, 1 - step / max(total, 1)) ** power
+
+
+def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: int, start: int = 0,
+        extra_opts=(), sync_params=(), checkpoint=None) -> None:
+    """Run steps start+1 .. iters of a stage.
+
+    loss_fn(net, step, images, labels) -> (loss tensor, {name: float}); ``extra_opts`` step together with
+    ``opt`` (e.g. the D-VAE's); ``sync_params``: parameters outside the DDP module whose gradients are
+    averaged across ranks by hand; ``checkpoint(step)`` is called every cfg.ckpt_every steps (rank 0).
+    """
+    cfg = ctx.cfg
+    if start >= iters:
+        return
+    net = ctx.wrap(model)
+    stream = batches(dataset, ctx, start)
+    losses = ctx.history["losses"].setdefault(stage, [])
+    seen, t0 = 0, time.perf_counter()
+    bar = tqdm(range(start + 1, iters + 1), initial=start, total=iters, desc=f"{stage} · {cfg.method} {cfg.model}",
+               disable=not ctx.main, dynamic_ncols=True)
+    model.train()
+    window = []
+    for step in bar:
+        images, labels = next(stream)
+        loss, logs = loss_fn(net, step, images, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteError(f"stage {stage!r}, step {step}: the loss became {value} "
+                                 "(last good checkpoint kept; lower --lr or check the data)")
+        opt.zero_grad(set_to_none=True)
+        for o in extra_opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.all_mean_([p.grad for p in sync_params if p.grad is not None])
+        opt.step()
+        for o in extra_opts:
+            o.step()
+        sched.step()
+        seen += images.shape[0] * ctx.world
+        window.append(value)
+        if ctx.main and (step % cfg.log_every == 0 or step == iters):
+            rate = seen / (time.perf_counter() - t0)
+            row = {"stage": stage, "step": step, "loss": sum(window) / len(window),
+                   "lr": sched.get_last_lr()[0], "img_per_s": rate, **logs}
+            losses.append([step, row["loss"]])
+            window = []
+            if ctx.log is not None:
+                ctx.log.write(json.dumps(row) + "\n")
+                ctx.log.flush()
+            bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
+        if checkpoint is not None and step % cfg.ckpt_every == 0 and step < iters:
+            checkpoint(step)
+    elapsed = time.perf_counter() - t0
+    ctx.history["seconds"][stage] = ctx.history["seconds"].get(stage, 0.0) + elapsed
+    ctx.history["images_per_s"][stage] = seen / max(elapsed, 1e-9)

@@ -1,0 +1,141 @@
+"""The end of a training run: evaluate dense.pt and final.pt, write metrics.json, report.md and plots.
+
+metrics.json:
+    {"method", "model", "miou_unit": "percent", "flops_unit": "FLOPs (a multiply-add counts 2)",
+     "dense": {"flops", "params", "miou": {SPEC: percent}, "per_class": {SPEC: {class: percent|null}}},
+     "final": {... same ..., "widths": {group: kept units}, "sizes": {group: dense units}},
+     "unseen_mean": {"dense": ..., "final": ...}, "train": {"seconds": {stage: s}, "images_per_s": {...}}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import npdg
+from npdg import checkpoint
+
+
+def _evaluate(model, val_sets, cfg, device) -> dict:
+    from npdg.eval import evaluate
+
+    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=f"eval {spec}")
+            for spec, ds in val_sets.items()}
+
+
+def _entry(model, results, cfg) -> dict:
+    from npdg.pruning import flops, params
+
+    return {"flops": flops(model, tuple(cfg.eval_size)), "params": params(model),
+            "miou": {spec: r["miou"] for spec, r in results.items()},
+            "per_class": {spec: r["per_class"] for spec, r in results.items()}}
+
+
+def unseen_mean(entry: dict, cfg) -> float | None:
+    vals = [entry["miou"][t] for t in cfg.targets if entry["miou"].get(t) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
+    device = ctx.device
+    dense = npdg.load_model(run_dir / "dense.pt").to(device)
+    dense_res = _evaluate(dense, val_sets, cfg, device)
+    metrics = {"method": cfg.method, "model": cfg.model, "miou_unit": "percent",
+               "flops_unit": "FLOPs at eval_size, batch 1 (a multiply-add counts 2)",
+               "dense": _entry(dense, dense_res, cfg)}
+    if cfg.prunes:
+        final = npdg.load_model(run_dir / "final.pt").to(device)
+        metrics["final"] = _entry(final, _evaluate(final, val_sets, cfg, device), cfg)
+    else:
+        final = dense
+        metrics["final"] = dict(metrics["dense"])
+    metrics["final"]["widths"] = final.widths()
+    metrics["final"]["sizes"] = dense.widths()
+    metrics["unseen_mean"] = {k: unseen_mean(metrics[k], cfg) for k in ("dense", "final")}
+    metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
+    checkpoint.write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir, cfg, metrics, ctx.history)
+    print_table(run_dir, cfg, metrics)
+    return metrics
+
+
+def _fmt(v):
+    return "–" if v is None else f"{v:.2f}"
+
+
+def table_lines(cfg, metrics) -> list[str]:
+    specs = [cfg.source] + list(cfg.targets)
+    short = [s.split(":", 1)[-1] if s.startswith("synthetic:") else s for s in specs]
+    lines = ["| model | GFLOPs | params (M) | " + " | ".join(short) + " | unseen mean |",
+             "|---|---:|---:|" + "---:|" * (len(specs) + 1)]
+    for key in ("dense", "final"):
+        e = metrics[key]
+        lines.append(f"| {key} | {e['flops'] / 1e9:.3f} | {e['params'] / 1e6:.3f} | "
+                     + " | ".join(_fmt(e["miou"].get(s)) for s in specs)
+                     + f" | {_fmt(metrics['unseen_mean'][key])} |")
+    return lines
+
+
+def print_table(run_dir, cfg, metrics) -> None:
+    d, f = metrics["dense"], metrics["final"]
+    print(f"\nrun directory: {run_dir}")
+    print("\n".join(table_lines(cfg, metrics)))
+    if cfg.prunes:
+        print(f"final/dense: FLOPs {f['flops'] / d['flops']:.1%}, params {f['params'] / d['params']:.1%}")
+
+
+def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = []
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=110)
+    for stage, rows in history.get("losses", {}).items():
+        if rows:
+            ax.plot([r[0] for r in rows], [r[1] for r in rows], lw=1, label=stage)
+    ax.set(xlabel="iteration (of the stage)", ylabel="loss", title=f"{cfg.method} {cfg.model}", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png")
+    plt.close(fig)
+    shown.append("![loss](loss.png)")
+    if cfg.prunes:
+        widths, sizes = metrics["final"]["widths"], metrics["final"]["sizes"]
+        names = list(sizes)
+        frac = [widths[n] / sizes[n] for n in names]
+        fig, ax = plt.subplots(figsize=(max(6.4, 0.12 * len(names)), 3.4), dpi=110)
+        ax.bar(range(len(names)), frac, color="tab:blue")
+        ax.axhline(1 - cfg.ratio, color="k", lw=0.8, ls="--", label=f"1 - ratio = {1 - cfg.ratio:.2f}")
+        ax.set(ylim=(0, 1.05), ylabel="kept fraction", xlabel="unit group (input → output order)",
+               title="kept units per layer")
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        fig.savefig(run_dir / "kept.png")
+        plt.close(fig)
+        shown.append("![kept fraction per layer](kept.png)")
+    if (run_dir / "sensitivity.json").is_file():
+        from npdg.sensitivity import Sensitivity, plot_sensitivity
+
+        plot_sensitivity(Sensitivity.load(run_dir / "sensitivity.json"), run_dir / "sensitivity.png")
+        shown.append("![style sensitivity per layer](sensitivity.png)")
+    return shown
+
+
+def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
+    d, f = metrics["dense"], metrics["final"]
+    secs = history.get("seconds", {})
+    rates = history.get("images_per_s", {})
+    lines = [f"# {cfg.method} · {cfg.model}", "",
+             f"Source {cfg.source}; {cfg.iters} training iterations, batch {cfg.batch_size}, crop "
+             f"{cfg.crop[0]}x{cfg.crop[1]}" + (f"; prune ratio {cfg.ratio} (round_to {cfg.round_to}), "
+                                                f"{cfg.finetune_iters} fine-tuning iterations" if cfg.prunes else "")
+             + ". mIoU in percent; FLOPs at the eval size, batch 1.", "",
+             *table_lines(cfg, metrics), ""]
+    if cfg.prunes:
+        lines += [f"final / dense: FLOPs {f['flops'] / d['flops']:.1%}, params {f['params'] / d['params']:.1%}.", ""]
+    lines += ["| stage | seconds | images/s |", "|---|---:|---:|"]
+    lines += [f"| {s} | {secs[s]:.0f} | {rates.get(s, 0):.1f} |" for s in secs]
+    lines += ["", *_plots(run_dir, cfg, metrics, history), ""]
+    checkpoint.write_text(run_dir / "report.md", "\n".join(lines))
