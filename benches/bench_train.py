@@ -1,53 +1,103 @@
-"""Training throughput: one full SGD step (forward, loss, backward, update) in images/s.
+"""Training throughput: one full step (forward, loss terms, backward, update) per method, in images/s.
 
-Full mode on a GPU: DeepLabV3+ R50/R101 and SegFormer-B0 at 512x512, batch 8, bf16 autocast.
-Full mode on a CPU: the two smallest models at 128x256, batch 2, fp32 (what the default CPU run uses).
-Quick mode (CI): the two smallest models on a tiny crop, run once.
+Rows: ``erm``, ``slimming`` (+ L1 on γ), ``dsp`` (style-perturbed half batch + adversarial latent step +
+online D-VAE) and ``npdg`` (dsp + sensitivity-weighted L1); ``npdg_sensitivity`` is one sensitivity pass
+(K style variants of ``sens_batch`` images), which the default run amortises over ``sens_every`` steps —
+``extra_info["amortised_step_s"]`` of the npdg row adds that share.
+Full mode on a GPU: DeepLabV3+ R50 and SegFormer-B0 at 512x512, batch 8, bf16 autocast; also with
+``NPDG_KERNELS=reference`` (Triton kernels off) for the dsp/npdg rows. Full mode on a CPU: R18 and B0 at
+the default run's shape (batch 8, 96x192, fp32). Quick mode (CI): tiny shapes, each run once.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import pytest
 import torch
 
 from benches.conftest import env_info, quick_mode, sync
+from npdg.config import Config
+from npdg.loop import Context
 from npdg.models import create_model
-from npdg.train import train_step
+from npdg.train import Recipe
 
-SMALL = ["deeplabv3plus_r18", "segformer_b0"]
-MODELS = SMALL if quick_mode() or not torch.cuda.is_available() else [
-    "deeplabv3plus_r50", "deeplabv3plus_r101", "segformer_b0"]
+GPU = torch.cuda.is_available() and not quick_mode()
+MODELS = ["deeplabv3plus_r50", "segformer_b0"] if GPU else ["deeplabv3plus_r18", "segformer_b0"]
+METHODS = ["erm", "slimming", "dsp", "npdg"]
+KERNELS = ["auto", "reference"] if GPU else ["auto"]
 
 
 def problem_size(device: torch.device, quick: bool) -> tuple[int, tuple[int, int]]:
     if quick:
         return 2, (33, 65)
-    return (8, (512, 512)) if device.type == "cuda" else (2, (128, 256))
+    return (8, (512, 512)) if device.type == "cuda" else (8, (96, 192))
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_train_step(benchmark, name, bench_device, quick):
-    batch, (h, w) = problem_size(bench_device, quick)
-    benchmark.group = f"train_step {name}"
+def _setup(name, method, device, quick):
+    batch, (h, w) = problem_size(device, quick)
     torch.manual_seed(0)
-    model = create_model(name, num_classes=19).to(bench_device).train()
+    cfg = Config(method=method, model=name, batch_size=batch, sens_batch=min(batch, 8), device=str(device))
+    model = create_model(name, num_classes=19).to(device).train()
+    ctx = Context(cfg, device)
+    recipe = Recipe(ctx, model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.randn(batch, 3, h, w, device=bench_device)
-    labels = torch.randint(0, 19, (batch, h, w), device=bench_device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bench_device.type == "cuda" else None
-    for _ in range(0 if quick else 3):  # warm-up: cuDNN autotuning, allocator
-        train_step(model, opt, images, labels, amp or nullcontext())
+    images = torch.randn(batch, 3, h, w, device=device)
+    labels = torch.randint(0, 19, (batch, h, w), device=device)
+    return cfg, model, recipe, opt, images, labels
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", MODELS)
+def test_train_step(benchmark, name, method, kernels, bench_device, quick, monkeypatch):
+    if kernels == "reference" and method in ("erm", "slimming"):
+        pytest.skip("erm / slimming use no custom op")
+    if kernels != "auto":
+        monkeypatch.setenv("NPDG_KERNELS", kernels)
+    cfg, model, recipe, opt, images, labels = _setup(name, method, bench_device, quick)
+    loss_fn = recipe.sparse_loss_fn(model)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bench_device.type == "cuda" else nullcontext()
+    if method == "npdg":
+        recipe.refresh_sensitivity(model, images)  # the timed steps reuse it, as between refreshes
 
     def step():
-        loss = train_step(model, opt, images, labels, amp or nullcontext())
+        with amp:
+            loss, _ = loss_fn(model, 2, images, labels)  # step 2: no sensitivity refresh inside
+        opt.zero_grad(set_to_none=True)
+        for o in recipe.extra_opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for o in recipe.extra_opts:
+            o.step()
         sync(bench_device)
-        return loss
+        return loss.item()
 
+    for _ in range(0 if quick else 2):  # warm-up: cuDNN autotuning, allocator, Triton compiles
+        step()
+    benchmark.group = f"train_step {name}"
     loss = benchmark(step)
     assert loss == loss  # not NaN
     benchmark.extra_info.update(env_info(bench_device))
-    benchmark.extra_info.update(model=name, batch=batch, crop=f"{h}x{w}", amp="bf16" if amp else "fp32")
+    benchmark.extra_info.update(model=name, method=method, kernels=os.environ.get("NPDG_KERNELS", "auto"),
+                                batch=images.shape[0], crop=f"{images.shape[2]}x{images.shape[3]}",
+                                amp="bf16" if bench_device.type == "cuda" else "fp32")
     if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+        benchmark.extra_info["images_per_s"] = images.shape[0] / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sensitivity_pass(benchmark, name, bench_device, quick):
+    cfg, model, recipe, opt, images, labels = _setup(name, "npdg", bench_device, quick)
+
+    def refresh():
+        recipe.refresh_sensitivity(model, images)
+        sync(bench_device)
+
+    benchmark.group = f"train_step {name}"
+    benchmark.pedantic(refresh, rounds=1 if quick else 3, warmup_rounds=0 if quick else 1)
+    benchmark.extra_info.update(env_info(bench_device))
+    benchmark.extra_info.update(model=name, method="npdg_sensitivity", sens_k=cfg.sens_k,
+                                sens_batch=cfg.sens_batch, sens_every=cfg.sens_every)

@@ -1,7 +1,7 @@
 """Load the compiled compaction extension (``torch.ops.npdg.compact`` / ``compact_many``).
 
 Order of attempts, done once per process on first use (never at import):
-1. ``import npdg._C`` -- built by ``pip install --no-build-isolation -e .``;
+1. ``import npdg._C`` -- built by ``pip install -e .`` / ``pip install .`` (into an env that has torch);
 2. JIT-build the CPU sources of ``csrc/`` beside the package with ninja
    (``torch.utils.cpp_extension.load``, cached under ``$TORCH_EXTENSIONS_DIR`` or
    ``~/.cache/torch_extensions``), only when running from a source checkout;
@@ -87,7 +87,8 @@ def _load() -> bool:
     _how = reason
     warnings.warn(
         f"npdg: compiled compaction ops unavailable, using the PyTorch reference ({reason}). "
-        "To build them: `pip install --no-build-isolation -e .` with a C++ compiler and ninja.",
+        "To build them, reinstall with `pip install -e .` (or `pip install .`) in an environment that has torch "
+        "and a C++ compiler.",
         RuntimeWarning,
         stacklevel=3,
     )

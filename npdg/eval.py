@@ -1,6 +1,6 @@
 """Evaluate a segmentation model on one or more datasets (mIoU in percent).
 
-    python -m npdg.eval --checkpoint runs/x/model.pt --data synthetic:source --data synthetic:fog \\
+    python -m npdg.eval --checkpoint runs/x/final.pt --data synthetic:source --data synthetic:fog \\
         --json results.json
     python -m npdg.eval --checkpoint ckpt.pt --data cityscapes:/data/cityscapes --sliding \\
         --window 512x1024 --stride 341x683 --device cuda

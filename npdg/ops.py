@@ -10,7 +10,7 @@ Dispatch:
   PyTorch reference (``npdg.reference``) elsewhere. ``NPDG_KERNELS=reference|triton`` forces one;
   with ``TRITON_INTERPRET=1``, ``triton`` also runs on CPU tensors (slow, for correctness tests).
 - compact / compact_many call the compiled extension ``torch.ops.npdg.*`` (built by
-  ``pip install --no-build-isolation -e .``, else JIT-built on first use); if neither works they fall
+  ``pip install -e .``, else JIT-built on first use); if neither works they fall
   back to the reference after a one-line notice.
 """
 
