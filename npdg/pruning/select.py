@@ -1,0 +1,102 @@
+"""Which units to prune: a global ranking of importance, done separately for each unit kind.
+
+Units of one kind ("channel", "head", "hidden") are ranked together across all their groups; kinds are
+never mixed, because BN γ and gate path scales live on unrelated scales (a gate kind ranked against BN
+γ could be emptied, or never touched). Per kind, ``ratio`` removes that fraction of the kind's units
+(ratio·N rounded half up, lowest scores first), ``threshold`` removes every unit scoring below it. The
+threshold is compared with the raw scores of every kind: by default |γ| for BN but the much smaller path
+scale |γ|·rms·rms for gates (see ``sparsity.py``), so for models with gates prefer ``ratio`` or pass
+``scores`` on a common scale.
+
+Then each group's kept count k is raised, never lowered, to honour the per-group constraints:
+1. k >= max(min_keep, group.min_size) (or the whole group, if smaller);
+2. ``round_to``: k is rounded UP to the next multiple of the group's unit step, or to the whole group
+   when that is smaller. The step makes the kept *tensor width* (k · unit_width, the entries a unit
+   owns on its sliced axes: 1 for a channel, head_dim for a head) a multiple of round_to, i.e.
+   step = round_to / gcd(round_to, unit_width): 8 channels, but any head count when head_dim = 32.
+Rounding up means a unit above the threshold is never removed and the removed count per kind is at
+most the requested one. Within a group the kept units are always its k highest-scoring ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from npdg.pruning.masks import PruningError, check_per_unit, groups_by_name
+from npdg.pruning.sparsity import unit_importance
+
+
+def _check_args(ratio, threshold, round_to, min_keep) -> None:
+    if (ratio is None) == (threshold is None):
+        raise PruningError("give exactly one of ratio= or threshold=")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise PruningError(f"ratio must be in [0, 1), got {ratio}")
+    if threshold is not None and not threshold >= 0:
+        raise PruningError(f"threshold must be >= 0, got {threshold}")
+    if not (isinstance(round_to, int) and round_to >= 1):
+        raise PruningError(f"round_to must be an int >= 1, got {round_to!r}")
+    if not (isinstance(min_keep, int) and min_keep >= 1):
+        raise PruningError(f"min_keep must be an int >= 1, got {min_keep!r}")
+
+
+def unit_step(group, round_to: int) -> int:
+    """Kept counts are multiples of this, so that kept count x unit width is a multiple of round_to."""
+    width = max((s.unit_width for s in group.slices()), default=1)
+    return round_to // math.gcd(round_to, width)
+
+
+def _kept_count(group, removed: int, round_to: int, min_keep: int) -> int:
+    size = group.size
+    k = max(size - removed, min_keep, group.min_size, 1)
+    step = unit_step(group, round_to)
+    return min(size, math.ceil(k / step) * step)
+
+
+def select_masks(
+    model: nn.Module,
+    ratio: float | None = None,
+    threshold: float | None = None,
+    round_to: int = 8,
+    min_keep: int = 1,
+    scores: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """{group name: bool keep-mask (size,)} for every prunable group (see the module docstring).
+
+    ``scores``: {group name: (size,) tensor}, higher = more important, for every group; default
+    :func:`npdg.pruning.unit_importance` (|γ| for BN, the gate path scale the sparsity penalty shrinks).
+    """
+    _check_args(ratio, threshold, round_to, min_keep)
+    groups = groups_by_name(model)
+    if scores is None:
+        scores = unit_importance(model)
+    else:
+        check_per_unit(groups, scores, "scores")
+        missing = sorted(set(groups) - set(scores))
+        if missing:
+            raise PruningError(f"scores missing for unit groups {missing[:5]}")
+    scores = {n: s.detach().to("cpu", torch.float64) for n, s in scores.items()}
+    if any(bool(s.isnan().any()) for s in scores.values()):
+        raise PruningError("scores contain NaN")
+
+    masks = {}
+    for kind in dict.fromkeys(g.kind for g in groups.values()):  # kinds in declaration order
+        names = [n for n, g in groups.items() if g.kind == kind]
+        flat = torch.cat([scores[n] for n in names])
+        if ratio is not None:
+            removed_flat = torch.zeros(flat.numel(), dtype=torch.bool)
+            n_remove = math.floor(ratio * flat.numel() + 0.5)
+            removed_flat[torch.argsort(flat, stable=True)[:n_remove]] = True
+        else:
+            removed_flat = flat < threshold
+        removed = dict(zip(names, removed_flat.split([groups[n].size for n in names]), strict=True))
+        for n in names:
+            g = groups[n]
+            k = _kept_count(g, int(removed[n].sum()), round_to, min_keep)
+            keep = torch.zeros(g.size, dtype=torch.bool)
+            # the k best of the group; a stable sort keeps the lower index among equal scores
+            keep[torch.argsort(scores[n], descending=True, stable=True)[:k]] = True
+            masks[n] = keep.to(g.gamma().device)
+    return masks
