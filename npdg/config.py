@@ -64,7 +64,7 @@ class Config:
     dsp_beta: float = 1e-3  # KL weight of the D-VAE
     dsp_lr: float = 1e-3  # Adam learning rate of the D-VAE (feature level, trained online)
     adv_steps: int = 1  # gradient-ascent steps on the latent noise eps (0 = random styles)
-    adv_step_size: float = 1.0  # length of each normalised ascent step in latent units
+    adv_step_size: float = 2.0  # each ascent step moves the decoded style this many source spreads
     eps_scale: float = 1.0  # std of the initial eps; >1 samples styles further from the source
     generator: str = ""  # image level: generator.pt from `python -m npdg.dsp train`
     encoder_weights: str = ""  # image level without --generator: VGG weights for a new generator

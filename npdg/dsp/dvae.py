@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MOMENTUM = 0.01  # running standardiser update rate (per training batch)
+# Running standardiser update rate per training batch: the cumulative average 1 / (batches seen) until it
+# reaches MOMENTUM, then an EMA. A plain EMA from the first batch kept a small first batch's estimate for
+# ~100 steps while the model's features were still moving (recon loss 1e4+ on a 2-image first batch).
+MOMENTUM = 0.01
 
 
 def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
@@ -37,6 +40,7 @@ class DVAE(nn.Module):
         self.register_buffer("shift", torch.zeros(2 * channels))
         self.register_buffer("scale", torch.ones(2 * channels))
         self.register_buffer("initialised", torch.tensor(False))
+        self.register_buffer("seen", torch.tensor(0))  # batches the standardiser has averaged
 
     # --- coordinates
     def _coords(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -54,13 +58,11 @@ class DVAE(nn.Module):
     def _update_standardiser(self, s: torch.Tensor) -> None:
         m = s.mean(0)
         sd = s.std(0, unbiased=False).clamp_min(1e-3) if s.shape[0] > 1 else torch.ones_like(m)
-        if not bool(self.initialised):
-            self.shift.copy_(m)
-            self.scale.copy_(sd)
-            self.initialised.fill_(True)
-        else:
-            self.shift.lerp_(m, MOMENTUM)
-            self.scale.lerp_(sd, MOMENTUM)
+        rate = (1.0 / (self.seen + 1).float()).clamp_min(MOMENTUM)  # tensor math: no host sync on GPU
+        self.shift.lerp_(m, rate)
+        self.scale.lerp_(sd, rate)
+        self.initialised.fill_(True)
+        self.seen.add_(1)
 
     def _split(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = coords * self.scale + self.shift
