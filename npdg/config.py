@@ -38,7 +38,7 @@ class Config:
     val_num: int = 100  # images per evaluated domain (synthetic) / cap for on-disk (0 = all)
 
     # --- optimisation (SGD + poly schedule, as in the DG-segmentation literature)
-    iters: int = 600  # optimiser steps
+    iters: int = 300  # optimiser steps of the (sparse) training stage
     optimizer: str = "sgd"  # sgd (momentum) | adamw (SegFormer's recipe)
     batch_size: int = 8
     lr: float = 0.01
@@ -48,12 +48,12 @@ class Config:
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
 
     # --- pruning (slimming, npdg): sparse training, global prune per unit kind, compact, fine-tune
-    sparsity: float = 5e-3  # s: the loss adds s * sum_i w_i |gamma_i| (w = 1 for slimming)
+    sparsity: float = 1e-2  # s: the loss adds s * sum_i w_i |gamma_i| (w = 1 for slimming)
     ratio: float = 0.3  # fraction of units removed per kind (the paper: 20-40 % best)
     threshold: float = 0.0  # > 0: remove units with importance < threshold instead of a ratio
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
-    finetune_iters: int = 150  # fine-tuning steps of the compacted model (its own poly schedule)
+    finetune_iters: int = 80  # fine-tuning steps of the compacted model (its own poly schedule)
     finetune_lr: float = 0.0  # 0 = lr
 
     # --- DSP: differentiable style perturbation (dsp, npdg)
@@ -72,7 +72,7 @@ class Config:
     # --- sensitivity (npdg): which units react to style
     lam: float = 0.4  # w = lam * unary + (1 - lam) * binary; 1 = unary only, 0 = binary only
     sens_k: int = 4  # style variants per content batch
-    sens_every: int = 100  # recompute the weights every this many sparse-training steps
+    sens_every: int = 50  # recompute the weights every this many sparse-training steps
     sens_batch: int = 8  # content images per sensitivity pass
     sens_precision: str = "ieee"  # ieee | tf32 | tf32x3 (GPU kernel precision)
 

@@ -139,3 +139,40 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
     lines += [f"| {s} | {secs[s]:.0f} | {rates.get(s, 0):.1f} |" for s in secs]
     lines += ["", *_plots(run_dir, cfg, metrics, history), ""]
     checkpoint.write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def compare_runs(metrics_files) -> str:
+    """A markdown table of finished runs (one row per metrics.json): per-domain mIoU of `final`, the
+    mean over unseen domains, and final FLOPs / params relative to dense."""
+    import json
+
+    rows, specs = [], None
+    for path in metrics_files:
+        path = Path(path)
+        m = json.loads((path / "metrics.json" if path.is_dir() else path).read_text())
+        cfg = json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
+        run_specs = [cfg["source"]] + list(cfg["targets"])
+        specs = specs or run_specs
+        f, d = m["final"], m["dense"]
+        label = f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else "") + f" · seed {cfg['seed']}"
+        cells = [_fmt(f["miou"].get(s)) for s in specs] + [f"**{_fmt(m['unseen_mean']['final'])}**",
+                                                           f"{f['flops'] / 1e9:.3f} ({f['flops'] / d['flops']:.0%})",
+                                                           f"{f['params'] / 1e6:.2f} ({f['params'] / d['params']:.0%})"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    short = [s.split(":", 1)[-1] for s in specs or []]
+    head = ["| run | " + " | ".join(short) + " | unseen mean | final GFLOPs (vs dense) | final params M (vs dense) |",
+            "|---|" + "---:|" * (len(short) + 3)]
+    return "\n".join(head + rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print("usage: python -m npdg.report RUN_DIR [RUN_DIR ...]   (markdown table of finished runs)")
+        sys.exit(0 if len(sys.argv) > 1 else 2)
+    try:
+        print(compare_runs(sys.argv[1:]))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"python -m npdg.report: error: {exc}", file=sys.stderr)
+        sys.exit(2)

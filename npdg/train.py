@@ -139,10 +139,17 @@ class Recipe:
         return self.dsp.task_loss(net, model, images, labels, cross_entropy)
 
     def refresh_sensitivity(self, model, images) -> None:
+        from npdg.dsp.perturb import FeatureDSP
         from npdg.sensitivity import compute_sensitivity
 
         cfg = self.cfg
-        sens = compute_sensitivity(model, images[: cfg.sens_batch], self.dsp, k=cfg.sens_k, lam=cfg.lam,
+        dsp = self.dsp
+        if not isinstance(dsp, FeatureDSP):  # image level: style variants come from a feature-level D-VAE
+            if getattr(self, "sens_dsp", None) is None:  # (untrained: random style directions, see sensitivity)
+                self.sens_dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
+                                           adv_step_size=cfg.adv_step_size).to(self.ctx.device)
+            dsp = self.sens_dsp
+        sens = compute_sensitivity(model, images[: cfg.sens_batch], dsp, k=cfg.sens_k, lam=cfg.lam,
                                    precision=cfg.sens_precision)
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights

@@ -13,3 +13,22 @@ def run_compiled(script: str) -> list:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def randomize_(model, seed=0, gates=False):
+    """BN statistics/affine (and, with ``gates``, every gate γ) far from their init, so masking and slicing
+    mistakes show."""
+    import torch
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+        for g in model.prunable_units() if gates else ():
+            g.gamma().copy_(torch.rand(g.size, generator=gen) + 0.5)
+    return model

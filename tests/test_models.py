@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from helpers import randomize_
 
 import npdg
 from npdg.models import Gate, UnitGroup, available_models, compact_state_dict, create_model
@@ -34,19 +34,6 @@ each_model_deep_slow = pytest.mark.parametrize("model", EVERY_MODEL_DEEP_SLOW, i
 
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-
-
-def randomize_(model: nn.Module, seed=0) -> nn.Module:
-    """BN stats/affine far from the identity init, so masking and slicing mistakes are visible."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return model
 
 
 def axis_positions(groups, role) -> dict[tuple[str, int], torch.Tensor]:

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomize_ as _randomize_
 from torch import nn
 
 import npdg
@@ -37,24 +38,14 @@ SIZE = (32, 32)
 NUM_CLASSES = 5
 
 
+def randomize_(model, seed=0):
+    return _randomize_(model, seed, gates=True)
+
+
 def rel_max(a, b) -> float:
     """max|a - b| / max|b| in float64."""
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def randomize_(model: nn.Module, seed=0) -> nn.Module:
-    """γ (BN weights and gates) and BN statistics far from their init, so slicing mistakes show."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-        for g in model.prunable_units():
-            g.gamma().copy_(torch.rand(g.size, generator=gen) + 0.5)
-    return model
 
 
 # ---- a toy model: exact selection semantics without building a real network ---------------------------
