@@ -84,6 +84,7 @@ class Config:
     eval_every: int = 0  # iterations between source-val evaluations (0 = only at the end)
     out: str = ""  # run directory ("" = runs/<method>-<model>-<timestamp>)
     ckpt_every: int = 100  # steps between resumable checkpoints (checkpoint.pt) inside a stage
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient to skip (logged) before stopping
 
     def validate(self) -> Config:
         if self.method not in METHODS:
@@ -103,7 +104,7 @@ class Config:
         _check_range(self, "dsp_lr", 0, None, low_open=True)
         for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
                           ("sens_k", 2), ("sens_every", 1), ("sens_batch", 1), ("dsp_latent", 1),
-                          ("dsp_hidden", 1), ("ckpt_every", 1), ("workers", 0), ("log_every", 1),
+                          ("dsp_hidden", 1), ("ckpt_every", 1), ("skip_nonfinite", 0), ("workers", 0), ("log_every", 1),
                           ("eval_every", 0), ("val_num", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")

@@ -100,6 +100,21 @@ def batches(dataset, ctx: Context, start_step: int):
         epoch, skip = epoch + 1, 0
 
 
+def _everywhere(flag: torch.Tensor, ctx: Context) -> bool:
+    """flag (a bool tensor) is true on every rank."""
+    flag = flag.float().to(ctx.device)
+    if ctx.world > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
+
+
+def _grads_finite(opt, ctx: Context) -> bool:
+    """All gradients finite, on every rank (a rank with a NaN makes all ranks skip the step)."""
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    return _everywhere(torch.stack([torch.isfinite(t).all() for t in grads]).all() if grads
+                       else torch.tensor(True), ctx)
+
+
 def poly(total: int, power: float):
     return lambda step: max(0.0, 1 - step / max(total, 1)) ** power
 
@@ -122,19 +137,30 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
     bar = tqdm(range(start + 1, iters + 1), initial=start, total=iters, desc=f"{stage} · {cfg.method} {cfg.model}",
                disable=not ctx.main, dynamic_ncols=True)
     model.train()
-    window = []
+    window, skipped = [], 0
     for step in bar:
         images, labels = next(stream)
         loss, logs = loss_fn(net, step, images, labels)
         value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteError(f"stage {stage!r}, step {step}: the loss became {value} "
-                                 "(last good checkpoint kept; lower --lr or check the data)")
         opt.zero_grad(set_to_none=True)
         for o in extra_opts:
             o.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.all_mean_([p.grad for p in sync_params if p.grad is not None])
+        loss_ok = _everywhere(torch.tensor(math.isfinite(value)), ctx)  # all ranks skip together (DDP)
+        if loss_ok:
+            loss.backward()
+            ctx.all_mean_([p.grad for p in sync_params if p.grad is not None])
+        bad = "loss" if not loss_ok else "gradients" if not _grads_finite(opt, ctx) else None
+        if bad is not None:
+            skipped += 1
+            where = f"stage {stage!r}, step {step}: the {bad} became non-finite (loss {value})"
+            if skipped > cfg.skip_nonfinite:
+                raise NonFiniteError(f"{where}; the last good checkpoint is kept (lower --lr, check the data, "
+                                     "or allow a few skips with --skip_nonfinite N)")
+            tqdm.write(f"{where}: step skipped ({skipped}/{cfg.skip_nonfinite})")
+            if ctx.log is not None:
+                ctx.log.write(json.dumps({"stage": stage, "step": step, "skipped": bad}) + "\n")
+            sched.step()
+            continue
         opt.step()
         for o in extra_opts:
             o.step()

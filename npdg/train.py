@@ -22,6 +22,7 @@ every stage; rank 0 selects the pruning masks and broadcasts them, logs, evaluat
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -373,6 +374,13 @@ def main(argv: list[str] | None = None) -> dict:
         if args.debug:
             raise
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
+            raise
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: cannot write {exc.filename or 'the run directory'}: {exc.strerror} "
+                       "(files written before are intact; free space or choose another --out, then --resume)\n")
     except NonFiniteError as exc:
         if args.debug:
             raise

@@ -196,3 +196,41 @@ def test_ddp_two_cpu_processes_slimming(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["final"]["flops"] < saved["dense"]["flops"]
     assert load_model(out / "final.pt").widths() == saved["final"]["widths"]
+
+
+def _nan_at(monkeypatch, stage, step):
+    """Make the loss of one step NaN."""
+    import npdg.loop
+    import npdg.train
+
+    original_fit = npdg.loop.fit
+
+    def fit(ctx, name, model, dataset, loss_fn, *a, **k):
+        def poisoned(net, s, images, labels):
+            loss, logs = loss_fn(net, s, images, labels)
+            return (loss * float("nan") if (name, s) == (stage, step) else loss), logs
+
+        return original_fit(ctx, name, model, dataset, poisoned, *a, **k)
+
+    monkeypatch.setattr(npdg.train, "fit", fit)
+
+
+def test_nan_loss_stops_with_stage_and_step(tmp_path, monkeypatch, capsys):
+    _nan_at(monkeypatch, "train", 3)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(TINY + ["--method=erm", "--out", str(out)])
+    assert exc.value.code == 1
+    assert "stage 'train', step 3: the loss became non-finite" in capsys.readouterr().err
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (state["stage"], state["step"]) == ("train", 2)  # the last good checkpoint
+    assert all(torch.isfinite(v).all() for v in state["model"]["state_dict"].values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_and_logs(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, "train", 3)
+    out = tmp_path / "run"
+    main(TINY + ["--method=erm", "--skip_nonfinite=1", "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {"stage": "train", "step": 3, "skipped": "loss"} in rows
+    assert (out / "final.pt").is_file()
