@@ -52,6 +52,7 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     metrics["final"]["sizes"] = dense.widths()
     metrics["unseen_mean"] = {k: unseen_mean(metrics[k], cfg) for k in ("dense", "final")}
     metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
+    metrics["config"] = cfg.to_dict()
     checkpoint.write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir, cfg, metrics, ctx.history)
     print_table(run_dir, cfg, metrics)
@@ -108,8 +109,11 @@ def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
         fig, ax = plt.subplots(figsize=(max(6.4, 0.12 * len(names)), 3.4), dpi=110)
         ax.bar(range(len(names)), frac, color="tab:blue")
         ax.axhline(1 - cfg.ratio, color="k", lw=0.8, ls="--", label=f"1 - ratio = {1 - cfg.ratio:.2f}")
-        ax.set(ylim=(0, 1.05), ylabel="kept fraction", xlabel="unit group (input → output order)",
-               title="kept units per layer")
+        ax.set(ylim=(0, 1.05), ylabel="kept fraction", title="kept units per layer (input → output order)")
+        if len(names) <= 80:  # readable labels: the group name without the ".bn" / ".gate" tail
+            ax.set_xticks(range(len(names)), [n.rsplit(".", 1)[0] for n in names], rotation=90, fontsize=6)
+        else:
+            ax.set_xlabel("unit group index")
         ax.legend(loc="lower left")
         fig.tight_layout()
         fig.savefig(run_dir / "kept.png")
@@ -142,7 +146,7 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
 
 
 def compare_runs(metrics_files) -> str:
-    """A markdown table of finished runs (one row per metrics.json): per-domain mIoU of `final`, the
+    """A markdown table of finished runs (run directories or metrics.json files): per-domain mIoU of `final`, the
     mean over unseen domains, and final FLOPs / params relative to dense."""
     import json
 
@@ -150,7 +154,7 @@ def compare_runs(metrics_files) -> str:
     for path in metrics_files:
         path = Path(path)
         m = json.loads((path / "metrics.json" if path.is_dir() else path).read_text())
-        cfg = json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
+        cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
         run_specs = [cfg["source"]] + list(cfg["targets"])
         specs = specs or run_specs
         f, d = m["final"], m["dense"]
