@@ -1,4 +1,5 @@
-"""AdaIN (feature-level style perturbation): eager reference vs torch.compile vs the Triton kernels.
+"""AdaIN (feature-level style perturbation): eager reference vs torch.compile vs the Triton kernels, and
+on CPU the fused C++ op of the extension (`cpp`, csrc/adain.cpp) vs eager.
 
 Full mode (GPU): DeepLabV3+ R50 stage-1 features at 512x512 and 768x768 crops, batch 8 ->
 (8, 256, 128, 128) and (8, 256, 192, 192); SegFormer MiT stage-1 tokens (8, 64, 128, 128). Forward
@@ -7,7 +8,9 @@ alone and forward + backward (grads for x, mean', std'). Rows record the minimal
 plain copy (y.copy_(x)) of the same tensors runs first so rows also carry "pct_of_copy" = GB/s / copy GB/s.
 The default case list is sized for the few-minute GPU check; NPDG_BENCH_ALL=1 runs every
 shape x dtype x layout x mode (one torch.compile per case: long).
-Quick mode (CI, CPU): eager only on a tiny shape, run once (compile and triton are skipped on CPU).
+Full mode on a CPU-only machine: eager vs cpp (+ copy) at the R50 stage-1 shape (8, 256, 128, 128) and
+at the default training run's style layer (DeepLabV3+ R18 stage 1 at 96x192 crops, batch 8).
+Quick mode (CI, CPU): eager and cpp on a tiny shape, run once (compile and triton are skipped on CPU).
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import pytest
 import torch
 
 from benches.conftest import baseline_provider, env_info, quick_mode, sync
-from npdg import reference
+from npdg import ops, reference
 
 SHAPES = {
     "r50_512": (8, 256, 128, 128),  # DeepLabV3+ R50 stage 1, 512x512 crop, batch 8
     "r50_768": (8, 256, 192, 192),  # ... 768x768 crop
     "mit_512": (8, 64, 128, 128),   # SegFormer MiT stage 1, 512x512 crop
+    "r18_96x192": (8, 64, 24, 48),  # DeepLabV3+ R18 stage 1 of the default CPU training run
     "tiny": (2, 8, 16, 16),         # quick mode
 }
 PROVIDERS = ("eager", "compile", "triton")
+CPP = "cpp"  # the fused CPU op of the extension, through npdg.ops.adain (CPU tensors only)
 # triton with the two-loop kernel forced (x read twice, the 2nd time from L2) where the heuristic reads it
 # once (whole row in registers, 16 warps): tells whether _ONE_PASS_MAX is right on this card.
 TWO_LOOP = "triton_2loop"
@@ -36,11 +41,14 @@ F32, BF16 = torch.float32, torch.bfloat16
 
 def _cases():
     if quick_mode():
-        return [("tiny", F32, "contiguous", mode, PROVIDERS) for mode in ("fwd", "fwd_bwd")]
+        return [("tiny", F32, "contiguous", mode, PROVIDERS + (CPP,)) for mode in ("fwd", "fwd_bwd")]
     if os.environ.get("NPDG_BENCH_ALL", "0") == "1":
         every = itertools.product(("r50_512", "r50_768", "mit_512"), (F32, BF16),
                                   ("contiguous", "channels_last"), ("fwd", "fwd_bwd"))
-        return [(s, d, lay, m, PROVIDERS) for s, d, lay, m in every]
+        return [(s, d, lay, m, PROVIDERS + (CPP,)) for s, d, lay, m in every]
+    if not torch.cuda.is_available():  # a CPU machine: the fused C++ op against eager
+        return [(s, F32, "contiguous", m, ("eager", CPP)) for s in ("r50_512", "r18_96x192")
+                for m in ("fwd", "fwd_bwd")]
     return [  # the GPU check: every target shape, torch.compile only where the targets compare to it
         ("r50_512", F32, "contiguous", "fwd", PROVIDERS + (TWO_LOOP,)),
         ("r50_512", F32, "contiguous", "fwd_bwd", PROVIDERS + (TWO_LOOP,)),
@@ -71,6 +79,12 @@ def _tensors(shape, dtype, layout, device, grad):
 
 
 def _provider_fn(provider, device):
+    if provider == CPP:
+        if torch.device(device).type != "cpu":
+            pytest.skip("cpp is the CPU op")
+        if ops.adain_backend(torch.empty(1, 1, 1, device=device)) != CPP:
+            pytest.skip("the extension with the fused CPU AdaIN is not available")
+        return ops.adain
     baseline = baseline_provider(provider, device, reference.adain)
     if baseline is not None:
         return baseline
@@ -140,7 +154,7 @@ def test_adain(benchmark, shape_name, dtype, layout, mode, provider, bench_devic
     moved = (2 if mode == "fwd" else 5) * x.numel() * x.element_size()
     benchmark.extra_info.update(env_info(bench_device))
     benchmark.extra_info.update(provider=provider, shape=list(shape), dtype=str(dtype), layout=layout,
-                                mode=mode, bytes_moved=moved)
+                                mode=mode, bytes_moved=moved, threads=torch.get_num_threads())
     if benchmark.stats is not None:  # None under --benchmark-disable
         gbps = moved / benchmark.stats.stats.median / 1e9
         benchmark.extra_info["gbps"] = gbps

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-command GPU check for the target machine (H100/H200; Python 3.12, torch 2.11+cu130, triton 3.6,
 # no network). Builds the project with CUDA, runs the CUDA tests and the benches, and writes
-# JSON + a markdown summary into OUTDIR. Budget: about 6-8 minutes. OUTDIR gets six files (the device
-# tool returns at most 8): summary.log, summary.md, bench_{adain,sensitivity,compact,train}.json.
+# JSON + a markdown summary into OUTDIR. Budget: about 6-8 minutes (time caps below sum to 475 s plus the
+# build). OUTDIR gets eight files (the device tool returns at most 8): summary.log, summary.md,
+# bench_{adain,sensitivity,prune,train}.json, sweep_r50.{json,png}.
 #
 #   bash benches/gpu_check.sh OUTDIR
 set -uo pipefail
@@ -41,10 +42,21 @@ bench() {  # bench NAME SECONDS FILES...
         --benchmark-max-time=0.5 --benchmark-warmup=on --benchmark-columns=median,min,rounds \
         >"$tmp/bench_$name.log" 2>&1 || { status=1; tail -20 "$tmp/bench_$name.log" | tee -a "$out/summary.log"; }
 }
-bench adain 110 benches/bench_adain.py
-bench sensitivity 80 benches/bench_sensitivity.py
-bench compact 30 benches/bench_compact.py
+bench adain 95 benches/bench_adain.py
+bench sensitivity 70 benches/bench_sensitivity.py
+# compaction kernels, whole-network prune, pruned-model latency at ratios 0..0.5 (R50, bf16, channels_last,
+# batch 8, 512x1024) and Torch-Pruning at equal FLOPs (skipped if torch-pruning is absent): one JSON
+bench prune 60 benches/bench_compact.py benches/bench_prune.py benches/bench_pruned.py benches/bench_prune_tp.py
 bench train 60 benches/bench_train.py
+
+# FLOPs savings vs wall-clock on this GPU: random-γ sweep, interleaved timing, per-layer table at ratio 0.3
+log "profile sweep (deeplabv3plus_r50, bf16, channels_last, batch 8, 512x1024)"
+timeout -s INT -k 10 40 $PY -m npdg.profile --sweep deeplabv3plus_r50 --device cuda --dtype bf16 --channels-last \
+    --batch 8 --size 512x1024 --ratios 0,0.1,0.2,0.3,0.4,0.5 --round_to 1,8 --layers-at 0.3 --warmup 3 \
+    --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$out/sweep_r50.json" --plot "$out/sweep_r50.png" \
+    >"$tmp/sweep.log" 2>&1 || status=1
+grep -v "^USDT\|^STAGE" "$tmp/sweep.log" | head -60 | tee -a "$out/summary.log"
+
 $PY benches/summarize.py "$out"/bench_*.json >"$out/summary.md" && cat "$out/summary.md"
 
 log "done (status $status)"

@@ -9,6 +9,9 @@ Dispatch:
 - adain / style_sensitivity run the Triton kernels (``npdg.kernels``) on CUDA tensors and the plain
   PyTorch reference (``npdg.reference``) elsewhere. ``NPDG_KERNELS=reference|triton`` forces one;
   with ``TRITON_INTERPRET=1``, ``triton`` also runs on CPU tensors (slow, for correctness tests).
+- adain on CPU tensors (NPDG_KERNELS unset / ``auto``): the fused C++ op ``torch.ops.npdg.adain_forward``
+  / ``adain_backward`` of the extension (``csrc/adain.cpp``) for contiguous fp32/fp64/bf16/fp16 x when
+  the extension is available, the reference otherwise (other layouts, no extension, NPDG_NO_EXT=1).
 - compact / compact_many call the compiled extension ``torch.ops.npdg.*`` (built by
   ``pip install -e .``, else JIT-built on first use); if neither works they fall
   back to the reference after a one-line notice.
@@ -47,12 +50,40 @@ def _triton_available() -> bool:
     return True
 
 
+_CPU_ADAIN_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def adain_backend(x: torch.Tensor) -> str:
+    """Which implementation adain uses for x: 'triton', 'cpp' (fused CPU op of the extension) or 'reference'."""
+    backend = kernel_backend(x)
+    if backend == "reference" and x.device.type == "cpu" and _cpu_adain_fits(x) \
+            and os.environ.get("NPDG_KERNELS", "auto").strip().lower() in ("", "auto"):
+        return "cpp"
+    return backend
+
+
+def _cpu_adain_fits(x: torch.Tensor) -> bool:
+    # NCHW-contiguous rows only: another layout would cost a copy that the reference does not make.
+    return (x.dim() >= 3 and x.dtype in _CPU_ADAIN_DTYPES and x.is_contiguous() and _ext.available()
+            and _has_cpu_kernel("npdg::adain_forward"))
+
+
+def _has_cpu_kernel(op: str) -> bool:
+    # An extension built before the op existed simply lacks it: use the reference then.
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
+
+
 def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = reference.DEFAULT_EPS):
-    """AdaIN(x, mean', std') = std' * (x - mu(x)) / sigma(x) + mean' per (n, c); mean/std are (N, C)."""
-    if kernel_backend(x) == "triton":
+    """AdaIN(x, mean', std') = std' * (x - mu(x)) / sigma(x) + mean' per (n, c); mean/std are (N, C)
+    or broadcastable to it. Differentiable in x, mean and std (no double backward on the fused paths)."""
+    backend = adain_backend(x)
+    if backend == "triton":
         from npdg.kernels import adain as _adain
 
         return _adain.adain(x, mean, std, eps)
+    if backend == "cpp":
+        mean, std = reference.broadcast_style(mean, x, "mean"), reference.broadcast_style(std, x, "std")
+        return torch.ops.npdg.adain_forward(x, mean, std, float(eps))[0]
     return reference.adain(x, mean, std, eps)
 
 
@@ -166,3 +197,52 @@ def _register_compact_glue():
 
 
 _ext.when_loaded(_register_compact_glue)
+
+
+# --- AdaIN glue (csrc/adain.cpp): fake impls and autograd for torch.ops.npdg.adain_forward / _backward.
+
+
+def _adain_acc(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _adain_forward_fake(x, mean, std, eps):
+    torch._check(x.dim() >= 3, lambda: f"npdg::adain_forward: x must be (N, C, *spatial), got {x.dim()}-D")
+    n, c = x.shape[:2]
+    acc = _adain_acc(x)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((n, c), dtype=acc),
+            x.new_empty((n, c), dtype=acc))
+
+
+def _adain_backward_fake(dy, x, mu, rstd, std, need_dx):
+    n, c = x.shape[:2]
+    acc = _adain_acc(x)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_dx else x.new_empty((0,))
+    return dx, x.new_empty((n, c), dtype=acc), x.new_empty((n, c), dtype=acc)
+
+
+def _adain_setup(ctx, inputs, output):
+    x, mean, std, _ = inputs
+    _, mu, rstd = output
+    ctx.mark_non_differentiable(mu, rstd)  # statistics of x, returned for backward only
+    ctx.save_for_backward(x, mu, rstd, std)
+    ctx.dtypes = (mean.dtype, std.dtype)
+
+
+def _adain_backward(ctx, dy, _dmu, _drstd):
+    x, mu, rstd, std = ctx.saved_tensors
+    need_x, need_mean, need_std = ctx.needs_input_grad[:3]
+    dx, dmean, dstd = torch.ops.npdg.adain_backward(dy, x, mu, rstd, std, need_x)
+    return (dx if need_x else None, dmean.to(ctx.dtypes[0]) if need_mean else None,
+            dstd.to(ctx.dtypes[1]) if need_std else None, None)
+
+
+def _register_adain_glue():
+    if not hasattr(torch.ops.npdg, "adain_forward"):  # an extension built before the op existed
+        return
+    torch.library.register_fake("npdg::adain_forward", _adain_forward_fake)
+    torch.library.register_fake("npdg::adain_backward", _adain_backward_fake)
+    torch.library.register_autograd("npdg::adain_forward", _adain_backward, setup_context=_adain_setup)
+
+
+_ext.when_loaded(_register_adain_glue)

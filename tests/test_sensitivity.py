@@ -127,10 +127,22 @@ def test_ops_dispatch_runs_the_kernel(device, monkeypatch):
 @pytest.mark.skipif(not _CUDA, reason="tf32 needs CUDA tensor cores")
 @pytest.mark.parametrize("c", [7, 67, 517])
 def test_tf32_on_cuda(c):
+    """All three precisions against float64. tf32x3 must reach fp32 accuracy AND be far more accurate than
+    tf32 (so a tf32x3 that silently ran plain tf32 fails): an fp32 emulation of this input gives max errors
+    (relative to max|cov|) of ~2e-5 for round-to-nearest tf32 (truncating hardware: ~1e-3) and ~2e-7 for
+    tf32x3 and ieee."""
     acts = _acts(4, 2, c, 300, device="cuda")
     ref = reference.style_sensitivity(acts.double())[1]
-    _close(S.style_cov(acts, precision="tf32"), ref, "tf32")
+    tf32 = S.style_cov(acts, precision="tf32")
+    tf32x3 = S.style_cov(acts, precision="tf32x3")
+    _close(tf32, ref, "tf32")
     _close(S.style_cov(acts, precision="ieee"), ref, torch.float32)
+    _close(tf32x3, ref, torch.float32)
+
+    def rel_err(cov):
+        return ((cov.double() - ref).abs().max() / ref.abs().max()).item()
+
+    assert rel_err(tf32x3) <= rel_err(tf32) / 10, (rel_err(tf32x3), rel_err(tf32))
 
 
 @pytest.mark.cuda
@@ -223,10 +235,11 @@ print(json.dumps(rows))
 def test_kernel_compiles_for_sm90():
     """Ahead-of-time compile (triton's bundled ptxas; no GPU) of every autotune candidate in every
     precision: catches what the interpreter lets through (dot shapes, precisions, layouts). The default
-    config must not spill; the others may spill a little (the autotuner then just doesn't pick them)."""
+    config must not spill; the others may spill a little -- under 32 bytes, as _AUTOTUNE_CONFIGS claims
+    (measured with triton 3.9: at most 24 bytes) -- and the autotuner then just doesn't pick them."""
     rows = dict(run_compiled(_COMPILE_SCRIPT))
     assert len(rows) == 3 * len(S._AUTOTUNE_CONFIGS) + 3 + 1
     default = S._AUTOTUNE_CONFIGS[0]
     for prec in ("ieee", "tf32", "tf32x3"):
         assert rows[f"fp32 {prec} {default.kwargs} w{default.num_warps}"]["stack"] == 0
-    assert max(r["stack"] for r in rows.values()) <= 128, rows
+    assert max(r["stack"] for r in rows.values()) < 32, rows
