@@ -37,15 +37,14 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import npdg
 from npdg import checkpoint
 from npdg.config import Config, load_config
+from npdg.dsp.perturb import cross_entropy  # the one segmentation loss (ignore index 255), DSP's default too
 from npdg.loop import Context, NonFiniteError, fit, poly
 from npdg.serialization import model_from_payload, model_payload
 
-IGNORE_INDEX = 255
 STAGES = {
     "erm": ("train", "evaluate"),
     "dsp": ("train", "evaluate"),
@@ -71,10 +70,6 @@ def setup_distributed(device_opt: str) -> tuple[torch.device, int, int]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device=cuda requested but torch sees no CUDA device")
     return device, 0, 1
-
-
-def cross_entropy(logits, labels):
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
 
 # --- datasets ------------------------------------------------------------------------------------------
@@ -108,6 +103,8 @@ class Recipe:
         self.ctx, self.cfg = ctx, ctx.cfg
         self.dsp = self.dsp_opt = None
         self.weights = None  # npdg: {group: w (size,)} from the last sensitivity pass
+        self.last_sensitivity = None  # the Sensitivity behind self.weights (saved with dense.pt)
+        self.sens_dsp = None  # image level: the feature-level D-VAE that makes sensitivity's styles
         if self.cfg.uses_dsp:
             self.attach_dsp(model)
 
@@ -153,7 +150,7 @@ class Recipe:
         cfg = self.cfg
         dsp = self.dsp
         if not isinstance(dsp, FeatureDSP):  # image level: style variants come from a feature-level D-VAE
-            if getattr(self, "sens_dsp", None) is None:  # (untrained: random style directions, see sensitivity)
+            if self.sens_dsp is None:  # (untrained: random style directions, see sensitivity)
                 self.sens_dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
                                            adv_step_size=cfg.adv_step_size).to(self.ctx.device)
             dsp = self.sens_dsp
@@ -241,7 +238,7 @@ class Run:
         self.optimise("train", model, recipe, recipe.sparse_loss_fn(model), cfg.iters, cfg.lr, resume)
         if self.ctx.main:
             checkpoint.save(model_payload(model), self.dir / "dense.pt")
-            if getattr(recipe, "last_sensitivity", None) is not None:
+            if recipe.last_sensitivity is not None:
                 recipe.last_sensitivity.save(self.dir / "sensitivity.json")
         return model
 

@@ -49,11 +49,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from npdg import ops
+from npdg.data.labels import IGNORE_INDEX
 from npdg.dsp.adversarial import ascend
 from npdg.dsp.dvae import DVAE
 from npdg.reference import style_stats
 
-IGNORE_INDEX = 255
 # Longest latent step step_lengths() allows, as RMS per latent dim (L2 length MAX_LATENT_RMS * sqrt(latent)):
 # only a guard against a decoder with ~no gain in a direction (t -> inf). Not tighter: with the small KL
 # weight the latent is over-dispersed, and reaching 2 source spreads took L2 lengths of 12-17 (latent 32).
