@@ -29,7 +29,8 @@ class CheckpointError(ValueError):
     """A file that is not what it claims to be (wrong format, untrusted content, unreadable)."""
 
 
-def _atomic(path: Path, write) -> None:
+def atomic(path: Path, write) -> None:
+    """Write ``path`` with ``write(binary file)``: to NAME.tmp, fsynced, renamed over NAME."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -53,22 +54,37 @@ def _atomic(path: Path, write) -> None:
 
 def save(obj, path) -> None:
     """torch.save(obj, path), atomically."""
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic(path, lambda f: torch.save(obj, f))
 
 
 def write_text(path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic(path, lambda f: f.write(text.encode()))
 
 
-def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path, obj, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def save_figure(fig, path, **kwargs) -> None:
+    """fig.savefig(path), atomically (the format from the suffix, default png)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    atomic(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+def save_image(image, path) -> None:
+    """A PIL image (or uint8 array) as PNG/JPEG by suffix, atomically."""
+    from PIL import Image
+
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
+    atomic(path, lambda f: image.save(f, format=fmt))
 
 
 def load(path, what: str = "checkpoint"):
     """torch.load(path, weights_only=True) with errors that name the file instead of a traceback."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for code-carrying pickles, RuntimeError for truncation
@@ -85,10 +101,25 @@ def load_state(run_dir) -> dict:
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: not a run directory (no {STATE})")
     state = load(path)
-    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not an {RUN_FORMAT} checkpoint (format {found!r})")
+    check_format(state, RUN_FORMAT, str(path))
     return state
+
+
+def check_format(payload, expected: str, where: str) -> None:
+    """CheckpointError unless ``payload`` is a dict of format ``expected`` ("kind/version"); a payload of
+    the same kind but another version says which npdg wrote it."""
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found == expected:
+        return
+    kind = expected.split("/")[0]
+    if isinstance(found, str) and found.split("/")[0] == kind:
+        from npdg import __version__
+
+        raise CheckpointError(f"{where}: written in format {found} by npdg {payload.get('version', '?')}; "
+                              f"this npdg {__version__} reads {expected} only (use the npdg version that wrote it)")
+    what = f"format {found!r}" if found is not None else (
+        f"a {type(payload).__name__}" if not isinstance(payload, dict) else f"keys {sorted(map(str, payload))[:6]}")
+    raise CheckpointError(f"{where}: not an npdg {kind.split('-')[-1]} file ({expected}); found {what}")
 
 
 def rng_state() -> dict:

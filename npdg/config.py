@@ -9,7 +9,6 @@ every run directory (config.json) and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,12 @@ from pathlib import Path
 METHODS = ("erm", "slimming", "dsp", "npdg")
 DSP_LEVELS = ("feature", "image")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
+
+
+class ConfigError(ValueError, KeyError):
+    """A config key that does not exist or a value outside its allowed range; the message names the key."""
+
+    __str__ = ValueError.__str__  # KeyError would quote the message
 
 
 @dataclass
@@ -35,10 +40,10 @@ class Config:
     crop: tuple[int, int] = (96, 192)  # training crop H, W (synthetic scenes are generated at this size)
     eval_size: tuple[int, int] = (96, 192)  # synthetic evaluation image size H, W
     train_num: int = 2000  # synthetic training scenes (ignored for on-disk datasets)
-    val_num: int = 100  # images per evaluated domain (synthetic) / cap for on-disk (0 = all)
+    val_num: int = 60  # images per evaluated domain (synthetic) / cap for on-disk (0 = all)
 
     # --- optimisation (SGD + poly schedule, as in the DG-segmentation literature)
-    iters: int = 300  # optimiser steps of the (sparse) training stage
+    iters: int = 200  # optimiser steps of the (sparse) training stage (default run: <= 12 min on 2 CPU cores)
     optimizer: str = "sgd"  # sgd (momentum) | adamw (SegFormer's recipe)
     batch_size: int = 8
     lr: float = 0.01
@@ -53,7 +58,7 @@ class Config:
     threshold: float = 0.0  # > 0: remove units with importance < threshold instead of a ratio
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
-    finetune_iters: int = 80  # fine-tuning steps of the compacted model (its own poly schedule)
+    finetune_iters: int = 60  # fine-tuning steps of the compacted model (its own poly schedule)
     finetune_lr: float = 0.0  # 0 = lr
 
     # --- DSP: differentiable style perturbation (dsp, npdg)
@@ -88,13 +93,13 @@ class Config:
 
     def validate(self) -> Config:
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
+            raise ConfigError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
         for name in ("iters", "batch_size", "num_classes", "train_num"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("crop", "eval_size"):
             if len(getattr(self, name)) != 2 or min(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be two positive ints (H, W), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be two positive ints (H, W), got {getattr(self, name)}")
         _check_range(self, "lr", 0, None, low_open=True)
         for name in ("sparsity", "threshold", "finetune_lr", "dsp_beta", "adv_step_size", "eps_scale"):
             _check_range(self, name, 0, None)
@@ -107,13 +112,21 @@ class Config:
                           ("dsp_hidden", 1), ("ckpt_every", 1), ("skip_nonfinite", 0), ("workers", 0), ("log_every", 1),
                           ("eval_every", 0), ("val_num", 0)):
             if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        from npdg.models import available_models
+
+        if self.model not in available_models():
+            import difflib
+
+            close = difflib.get_close_matches(self.model, available_models(), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(available_models())}"
+            raise ConfigError(f"model={self.model!r}: unknown model; {hint}")
         if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer={self.optimizer!r}: expected sgd or adamw")
+            raise ConfigError(f"optimizer={self.optimizer!r}: expected sgd or adamw")
         if self.dsp_level not in DSP_LEVELS:
-            raise ValueError(f"dsp_level={self.dsp_level!r}: expected one of {', '.join(DSP_LEVELS)}")
+            raise ConfigError(f"dsp_level={self.dsp_level!r}: expected one of {', '.join(DSP_LEVELS)}")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
-            raise ValueError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
+            raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self
 
     def check_files(self) -> None:
@@ -123,7 +136,7 @@ class Config:
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise FileNotFoundError(f"{name}: file not found: {getattr(self, name)}")
         if self.uses_dsp and self.dsp_level == "image" and not self.generator:
-            raise ValueError("dsp_level=image needs --generator PATH (train one with `python -m npdg.dsp train`)")
+            raise ConfigError("dsp_level=image needs --generator PATH (train one with `python -m npdg.dsp train`)")
 
     @property
     def prunes(self) -> bool:
@@ -144,7 +157,7 @@ def _check_range(cfg, name, low, high, low_open=False, high_open=False):
     if bad or v != v:  # v != v: NaN
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {'inf' if high is None else high}{hi}, got {v}")
+        raise ConfigError(f"{name} must be in {lo}{low}, {'inf' if high is None else high}{hi}, got {v}")
 
 
 def _coerce(value, tp, key: str):
@@ -159,7 +172,7 @@ def _coerce(value, tp, key: str):
                 return True
             if text in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(value)
+            raise ConfigError(value)
         if tp in (int, float, str):
             return tp(value)
         if origin is tuple:  # (H, W) given as "96x192", "96,192" or a YAML list
@@ -169,7 +182,7 @@ def _coerce(value, tp, key: str):
             items = [p for p in value.split(",") if p] if isinstance(value, str) else list(value)
             return [str(p).strip() for p in items]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config key {key!r}: cannot read {value!r} as {tp}") from exc
+        raise ConfigError(f"config key {key!r}: cannot read {value!r} as {tp}") from exc
     raise TypeError(f"config key {key!r}: unsupported type {tp}")
 
 
@@ -183,7 +196,7 @@ def _apply(cfg: Config, values: dict, where: str) -> None:
 
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(known))}"
-            raise KeyError(f"{where}: unknown config key {key!r}; {hint}")
+            raise ConfigError(f"{where}: unknown config key {key!r}; {hint}")
         setattr(cfg, key, _coerce(value, hints[key], key))
 
 
@@ -197,7 +210,7 @@ def parse_overrides(args: list[str]) -> dict:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or arg == "--":
-            raise ValueError(f"override {arg!r}: expected --key=value or --key value")
+            raise ConfigError(f"override {arg!r}: expected --key=value or --key value")
         key, sep, value = arg[2:].partition("=")
         if not sep:
             if i + 1 < len(args) and not args[i + 1].startswith("--"):
@@ -217,9 +230,9 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
 
 
@@ -235,7 +248,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     cfg = Config()
     if preset:
         if preset not in available_presets():
-            raise ValueError(f"preset={preset!r}: expected one of {', '.join(available_presets())}")
+            raise ConfigError(f"preset={preset!r}: expected one of {', '.join(available_presets())}")
         _apply(cfg, _read_yaml(PRESET_DIR / f"{preset}.yaml"), f"preset {preset}")
     _apply(cfg, file_values, str(path))
     _apply(cfg, cli, "command line")
@@ -244,4 +257,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    from npdg.checkpoint import write_json
+
+    write_json(path, cfg.to_dict())

@@ -11,7 +11,6 @@ numbers come from :func:`evaluate`, which the training CLI also calls.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from npdg import cli
+from npdg.checkpoint import write_json
 from npdg.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
-from npdg.data.spec import KINDS, SpecError, build_dataset, hw_arg
+from npdg.data.spec import KINDS, build_dataset, hw_arg
 from npdg.metrics import ConfusionMatrix, format_table
 
 
@@ -110,7 +111,7 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m npdg.eval", description=__doc__.split("\n\n")[0],
+    p = cli.Parser(prog="python -m npdg.eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Reported numbers (table and JSON) are IoU in percent.")
     p.add_argument("--checkpoint", required=True,
@@ -123,38 +124,37 @@ def build_parser():
                    help="write {SPEC: {miou: percent, per_class: {class: percent or null}}}")
     p.add_argument("--size", type=hw_arg, default=None,
                    help="HxW: synthetic generation size (default 128x256); resize for on-disk data")
-    p.add_argument("--num", type=int, default=None, help="synthetic scenes / first N on-disk samples")
+    p.add_argument("--num", type=cli.int_at_least(1), default=None, help="synthetic scenes / first N on-disk samples")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=4)
+    p.add_argument("--workers", type=cli.int_at_least(0), default=0, help="DataLoader worker processes")
     p.add_argument("--sliding", action="store_true", help="sliding-window inference")
     p.add_argument("--window", type=hw_arg, help="sliding window HxW")
     p.add_argument("--stride", type=hw_arg, help="sliding stride HxW (default 2/3 of the window)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda[:i]")
+    cli.add_debug(p)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.sliding and args.window is None:
-        build_parser().error("--sliding needs --window HxW")
-    datasets = {}
-    for spec in args.data:
-        try:
-            datasets[spec] = build_dataset(spec, split=args.split, size=args.size, num=args.num,
-                                           seed=args.seed)
-        except (SpecError, FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    if not Path(args.checkpoint).is_file():
-        print(f"error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
-        return 2
+        parser.error("--sliding needs --window HxW")
+    return cli.guard(parser.prog, args.debug, lambda: _run(args))
+
+
+def _run(args) -> int:
+    # everything that can fail on user input happens before the (long) evaluation
+    device = cli.resolve_device(args.device)
+    datasets = {spec: build_dataset(spec, split=args.split, size=args.size, num=args.num, seed=args.seed)
+                for spec in args.data}
     import npdg
 
-    model = npdg.load_model(args.checkpoint, map_location="cpu").to(args.device)
+    model = npdg.load_model(args.checkpoint, map_location="cpu").to(device)
     results = {}
     for spec, ds in datasets.items():
-        results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=args.device,
+        results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=device,
                                  sliding=args.sliding, window=args.window, stride=args.stride,
                                  num_workers=args.workers, desc=spec)
         miou = results[spec]["miou"]
@@ -163,7 +163,7 @@ def main(argv=None):
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

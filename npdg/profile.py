@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import math
 import os
 import platform
@@ -74,12 +73,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from npdg import checkpoint, cli
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYER_PREFIX = "npdg.layer:"
 ROOT = "(model)"
 
 
-class ProfileError(ValueError):
+class ProfileError(cli.UsageError):
     """Bad input to the profiler; the CLI prints it as one line and exits with code 2."""
 
 
@@ -103,19 +104,7 @@ class Settings:
 # --- inputs, models, devices ---------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ProfileError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ProfileError(f"--device {name} requested, but CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ProfileError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ProfileError(f"unsupported device {name!r} (use cpu, cuda or cuda:N)")
-    return device
+resolve_device = cli.resolve_device  # UsageError (exit 2) for a device this machine lacks
 
 
 def load_checkpoint(path) -> nn.Module:
@@ -712,34 +701,17 @@ def plot_report(report: dict, path, top: int = 12) -> None:
         fig.suptitle(where, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    from npdg.checkpoint import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 # --- CLI -----------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2 (argparse's default prints the whole usage first)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _int_at_least(low: int, what: str):
-    """argparse type: an int >= low, with a one-line error."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return v
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
+_positive_int = cli.int_at_least(1)
+_non_negative_int = cli.int_at_least(0)
 
 
 def _size(text):
@@ -759,7 +731,7 @@ def _round_tos(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m npdg.profile", description=__doc__.split("\n\n")[0],
+    p = cli.Parser(prog="python -m npdg.profile", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Definitions (FLOPs reduction, speedup, efficiency, lost time): see the module docstring "
                        "(python -c 'import npdg.profile; help(npdg.profile)').")
@@ -792,32 +764,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sweep: seed of the weights and the random scores")
     p.add_argument("--json", type=Path, help="write the full report (incl. every latency sample) as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG plot")
+    cli.add_debug(p)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.compare is not None and args.checkpoint is None:
-        build_parser().error("--compare needs --checkpoint")
+        parser.error("--compare needs --checkpoint")
+    return cli.guard(parser.prog, args.debug, lambda: _run(args))
+
+
+def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = Settings(device=args.device, size=tuple(args.size), batches=tuple(args.batch), dtype=args.dtype,
                  channels_last=args.channels_last, compile=args.compile, warmup=args.warmup, runs=args.runs,
                  min_runs=args.min_runs, min_time=args.min_time, profile_runs=args.profile_runs,
                  threads=args.threads or 0)
-    try:
-        s.device = str(resolve_device(args.device))
-        if args.sweep is not None:
-            report = sweep(args.sweep, args.ratios, args.round_to, s, seed=args.seed, layers_at=args.layers_at)
-        else:
-            report = profile_checkpoints(checkpoint_pair(args.checkpoint, args.compare), s)
-    except ProfileError as exc:
-        print(f"python -m npdg.profile: error: {exc}", file=sys.stderr)
-        return 2
+    s.device = str(resolve_device(args.device))
+    if args.sweep is not None:
+        report = sweep(args.sweep, args.ratios, args.round_to, s, seed=args.seed, layers_at=args.layers_at)
+    else:
+        report = profile_checkpoints(checkpoint_pair(args.checkpoint, args.compare), s)
     print(format_report(report, args.top))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        checkpoint.write_json(args.json, report, indent=1)
     if args.plot:
         plot_report(report, args.plot)
     return 0

@@ -99,7 +99,7 @@ def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "loss.png")
+    checkpoint.save_figure(fig, run_dir / "loss.png")
     plt.close(fig)
     shown.append("![loss](loss.png)")
     if cfg.prunes:
@@ -116,7 +116,7 @@ def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
             ax.set_xlabel("unit group index")
         ax.legend(loc="lower left")
         fig.tight_layout()
-        fig.savefig(run_dir / "kept.png")
+        checkpoint.save_figure(fig, run_dir / "kept.png")
         plt.close(fig)
         shown.append("![kept fraction per layer](kept.png)")
     if (run_dir / "sensitivity.json").is_file():
@@ -153,15 +153,21 @@ def compare_runs(metrics_files) -> str:
     rows, specs = [], None
     for path in metrics_files:
         path = Path(path)
-        m = json.loads((path / "metrics.json" if path.is_dir() else path).read_text())
-        cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
-        run_specs = [cfg["source"]] + list(cfg["targets"])
-        specs = specs or run_specs
-        f, d = m["final"], m["dense"]
-        label = f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else "") + f" · seed {cfg['seed']}"
-        cells = [_fmt(f["miou"].get(s)) for s in specs] + [f"**{_fmt(m['unseen_mean']['final'])}**",
-                                                           f"{f['flops'] / 1e9:.3f} ({f['flops'] / d['flops']:.0%})",
-                                                           f"{f['params'] / 1e6:.2f} ({f['params'] / d['params']:.0%})"]
+        file = path / "metrics.json" if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: not found (is {path} a finished run?)")
+        try:
+            m = json.loads(file.read_text())
+            cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
+            specs = specs or [cfg["source"]] + list(cfg["targets"])
+            f, d = m["final"], m["dense"]
+            label = f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else "") + f" · seed {cfg['seed']}"
+            cells = [_fmt(f["miou"].get(s)) for s in specs] + [
+                f"**{_fmt(m['unseen_mean']['final'])}**", f"{f['flops'] / 1e9:.3f} ({f['flops'] / d['flops']:.0%})",
+                f"{f['params'] / 1e6:.2f} ({f['params'] / d['params']:.0%})"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
+            raise checkpoint.CheckpointError(f"{file}: not the metrics of a finished npdg run "
+                                             f"({type(exc).__name__}: {exc})") from exc
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     short = [s.split(":", 1)[-1] for s in specs or []]
     head = ["| run | " + " | ".join(short) + " | unseen mean | final GFLOPs (vs dense) | final params M (vs dense) |",
@@ -169,14 +175,18 @@ def compare_runs(metrics_files) -> str:
     return "\n".join(head + rows)
 
 
+def main(argv=None) -> int:
+    from npdg import cli
+
+    parser = cli.Parser(prog="python -m npdg.report",
+                                     description="Markdown table of finished runs (their metrics.json).")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of python -m npdg.train")
+    cli.add_debug(parser)
+    args = parser.parse_args(argv)
+    return cli.guard(parser.prog, args.debug, lambda: print(compare_runs(args.runs)) or 0)
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print("usage: python -m npdg.report RUN_DIR [RUN_DIR ...]   (markdown table of finished runs)")
-        sys.exit(0 if len(sys.argv) > 1 else 2)
-    try:
-        print(compare_runs(sys.argv[1:]))
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"python -m npdg.report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

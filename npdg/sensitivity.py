@@ -54,7 +54,9 @@ class Sensitivity:
                 "binary": plain(self.binary), "weights": plain(self.weights)}
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
+        from npdg.checkpoint import write_json
+
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path) -> Sensitivity:
@@ -169,5 +171,7 @@ def plot_sensitivity(sens: Sensitivity, path) -> None:
     axes[2].set_title(f"weights (lam={sens.lam:g}; larger = pruned harder)", fontsize=9)
     axes[2].set_xticks(range(len(names)), names, rotation=90, fontsize=5)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from npdg.checkpoint import save_figure
+
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

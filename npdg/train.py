@@ -29,8 +29,6 @@ import os
 # before torch loads OpenMP, hence here, above the imports; an explicit OMP_WAIT_POLICY wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import errno  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -39,10 +37,10 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import npdg
-from npdg import checkpoint
+from npdg import checkpoint, cli
 from npdg.config import Config, load_config
 from npdg.dsp.perturb import cross_entropy  # the one segmentation loss (ignore index 255), DSP's default too
-from npdg.loop import Context, NonFiniteError, fit, poly
+from npdg.loop import Context, fit, poly
 from npdg.serialization import model_from_payload, model_payload
 
 STAGES = {
@@ -66,10 +64,7 @@ def setup_distributed(device_opt: str) -> tuple[torch.device, int, int]:
         return torch.device("cpu"), rank, world
     if device_opt == "auto":
         device_opt = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_opt)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device=cuda requested but torch sees no CUDA device")
-    return device, 0, 1
+    return cli.resolve_device(device_opt), 0, 1
 
 
 # --- datasets ------------------------------------------------------------------------------------------
@@ -299,6 +294,10 @@ class Run:
         if state is not None:
             recipe.load_state(state)
             checkpoint.set_rng_state(state["rng"])  # last: building the above must not shift it
+        else:  # a run is resumable from its first second on: a kill before the first step loses nothing
+            self.save_state("train", 0, model, recipe=recipe)
+            if ctx.main:
+                checkpoint.write_json(self.dir / "config.json", cfg.to_dict())
         metrics = {}
         for stage in stages[stages.index(start_stage):]:
             resume = state if (state is not None and stage == start_stage and state["step"] > 0) else None
@@ -326,7 +325,7 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Config, Path, dict
         cfg.crop, cfg.eval_size = tuple(cfg.crop), tuple(cfg.eval_size)
         return cfg.validate(), Path(resume), state
     run_dir = Path(cfg.out or f"runs/{cfg.method}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / checkpoint.STATE).exists() or (run_dir / "config.json").exists():
+    if (run_dir / checkpoint.STATE).exists():  # (a folder killed before its first checkpoint holds no work)
         raise FileExistsError(f"{run_dir} already holds a run: continue it with --resume {run_dir} "
                               "or choose another --out")
     return cfg, run_dir, None
@@ -341,7 +340,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     try:
         if ctx.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
             ctx.log = open(run_dir / "train_log.jsonl", "a")
         metrics = Run(cfg, run_dir, ctx).run(state)
     finally:
@@ -354,41 +352,27 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m npdg.train", description=__doc__.split("\n\n")[0],
+    parser = cli.Parser(prog="python -m npdg.train", description=__doc__.split("\n\n")[0],
                                      epilog="Any config key can be overridden as --key=value; "
                                             "see npdg/config.py for keys and defaults.")
     parser.add_argument("--config", help="YAML file of config keys")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its own config")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    cli.add_debug(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.resume and (args.config or overrides):
         parser.error("--resume continues a run with the config it was started with; drop the other options")
-    try:
-        cfg = load_config(args.config, overrides)
-        cfg.check_files()
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc).strip("'\""))
-    from npdg.data import DatasetError, SpecError
-    from npdg.pruning import PruningError
 
-    try:
+    def run():
+        cfg = None
+        if not args.resume:
+            cfg = load_config(args.config, overrides)
+            cfg.check_files()
         return train(cfg, args.resume)
-    except (SpecError, DatasetError, FileNotFoundError, FileExistsError, checkpoint.CheckpointError,
-            PruningError) as exc:
-        if args.debug:
-            raise
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
-            raise
-        if args.debug:
-            raise
-        parser.exit(2, f"{parser.prog}: error: cannot write {exc.filename or 'the run directory'}: {exc.strerror} "
-                       "(files written before are intact; free space or choose another --out, then --resume)\n")
-    except NonFiniteError as exc:
-        if args.debug:
-            raise
-        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+
+    result = cli.guard(parser.prog, args.debug, run)
+    if isinstance(result, int):
+        sys.exit(result)
+    return result
 
 
 if __name__ == "__main__":

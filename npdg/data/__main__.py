@@ -8,13 +8,14 @@
         one row per scene: every domain side by side plus the colour-coded labels.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
+
+from npdg import cli
+from npdg.checkpoint import save_image
 
 from .labels import colorize
 from .spec import hw_arg
@@ -34,8 +35,8 @@ def export(domain, split, num, out, size=DEFAULT_SIZE, seed=0, progress=True):
     for i in tqdm(range(len(ds)), desc=f"export {domain}/{split}", disable=not progress):
         image, label = ds.raw(i)
         name = ds.name(i)
-        Image.fromarray(image).save(out / "images" / f"{name}.png")
-        Image.fromarray(label).save(out / "labels" / f"{name}.png")
+        save_image(image, out / "images" / f"{name}.png")
+        save_image(label, out / "labels" / f"{name}.png")
     return out
 
 
@@ -46,12 +47,12 @@ def preview(out, num=3, size=DEFAULT_SIZE, split="val", seed=0):
         label = SyntheticSegmentation("source", split, size=size, num=num, seed=seed).raw(i)[1]
         rows.append(np.concatenate(tiles + [colorize(label)], axis=1))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+    save_image(np.concatenate(rows, axis=0), out)
     return Path(out)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m npdg.data", description="Embedded synthetic benchmark tools")
+    p = cli.Parser(prog="python -m npdg.data", description="Embedded synthetic benchmark tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export", help="write a domain/split as DIR/images + DIR/labels PNGs")
     e.add_argument("--domain", required=True, choices=DOMAINS)
@@ -66,9 +67,15 @@ def main(argv=None):
     v.add_argument("--size", type=_hw, default=DEFAULT_SIZE)
     v.add_argument("--split", default="val", choices=tuple(SPLITS))
     v.add_argument("--seed", type=int, default=0)
+    for sp in (e, v):
+        cli.add_debug(sp)
     args = p.parse_args(argv)
     if args.num < 1:
         p.error("--num must be >= 1")
+    return cli.guard(p.prog, args.debug, lambda: _run(args))
+
+
+def _run(args) -> int:
     if args.cmd == "export":
         out = export(args.domain, args.split, args.num, args.out, args.size, args.seed)
         print(f"wrote {args.num} samples to {out}/images and {out}/labels")

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import npdg
-from npdg.data.spec import SpecError, build_dataset, hw_arg
+from npdg import cli
+from npdg.checkpoint import save_figure, write_json
+from npdg.data.spec import build_dataset, hw_arg
 from npdg.data.transforms import denormalize
 from npdg.dsp.adversarial import ascend
 from npdg.dsp.generator import StyleGenerator, load_generator, save_generator
@@ -52,17 +54,12 @@ PRESETS = {
 ADV_STEP_SIZE = 10.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit code 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _size(text):
     return hw_arg(text, min_side=16)  # the decoder's reflection padding needs a >= 2x2 bottleneck
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m npdg.dsp", description=__doc__.split("\n\n")[0],
+    p = cli.Parser(prog="python -m npdg.dsp", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the style generator (decoder + D-VAE) on the source domain")
@@ -98,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--source", help="dataset SPEC (default: the generator's training source)")
     v.add_argument("--size", type=_size, help="HxW (default: the generator's training size)")
     v.add_argument("--seed", type=int, default=0)
+    for sp in (t, v):
+        cli.add_debug(sp)
     return p
 
 
@@ -169,7 +168,7 @@ def save_grid(columns, out, note="") -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
     return out
 
@@ -198,13 +197,13 @@ def _plot_losses(history, out):
     ax.set_title("style generator training")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
 
 
 def train(args, gen, ds) -> dict:
     """Train decoder + D-VAE of ``gen`` on ``ds``; writes the run directory; returns the final losses."""
-    device = torch.device(args.device)
+    device = cli.resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     gen.to(device).train()
@@ -234,7 +233,7 @@ def train(args, gen, ds) -> dict:
               _note(2, None))
     config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "generator": gen.config,
               "train_seconds": round(seconds, 1), "final": history[-1]}
-    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(args.out / "config.json", config)
     return history[-1]
 
 
@@ -270,13 +269,17 @@ def _check(args) -> str | None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.cmd == "train":
         _fill_preset(args)
     problem = _check(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        parser.error(problem)
+    return cli.guard(parser.prog, args.debug, lambda: _run(args))
+
+
+def _run(args) -> int:
     try:  # everything that can fail on user input happens before anything is written
         if args.cmd == "train":
             torch.manual_seed(args.seed)  # decoder / D-VAE init
@@ -292,9 +295,10 @@ def main(argv=None) -> int:
             size = args.size or tuple(saved.get("size") or (128, 256))
             val = build_dataset(source, split="val", size=size, num=args.num, seed=args.seed)
             model = npdg.load_model(args.model_checkpoint).eval() if args.model_checkpoint else None
-    except (FileNotFoundError, SpecError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # e.g. encoder weights that do not fit: the user's input, not a bug
+        if isinstance(e, cli.user_errors()):
+            raise
+        raise cli.UsageError(str(e)) from e
     if args.cmd == "train":
         final = train(args, gen, ds)
         print(f"wrote {args.out}/generator.pt, config.json, loss.png, preview.png (final loss {final['total']:.4f})")

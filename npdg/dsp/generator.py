@@ -62,12 +62,9 @@ def _from_unit(images: torch.Tensor) -> torch.Tensor:
 
 
 def _load_state(path: Path) -> dict:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"encoder weights {path} do not exist") from None
-    except Exception as e:  # noqa: BLE001 — any unreadable file is the user's input error
-        raise ValueError(f"encoder weights {path}: not a torch state dict ({type(e).__name__}: {e})") from None
+    from npdg.checkpoint import load
+
+    sd = load(path, "encoder weights")  # weights_only; CheckpointError names the file
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -329,9 +326,13 @@ def save_generator(gen: StyleGenerator, path) -> Path:
     if path.is_dir() or not path.suffix:
         path = path / "generator.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "config": dict(gen.config), "encoder_checksum": gen.encoder.checksum(),
-                "decoder": {k: v.detach().cpu() for k, v in gen.decoder.state_dict().items()},
-                "dvae": {k: v.detach().cpu() for k, v in gen.dvae.state_dict().items()}}, path)
+    from npdg import __version__
+    from npdg.checkpoint import save
+
+    save({"format": FORMAT, "version": __version__, "config": dict(gen.config),
+          "encoder_checksum": gen.encoder.checksum(),
+          "decoder": {k: v.detach().cpu() for k, v in gen.decoder.state_dict().items()},
+          "dvae": {k: v.detach().cpu() for k, v in gen.dvae.state_dict().items()}}, path)
     return path
 
 
@@ -351,9 +352,10 @@ def load_generator(path, encoder_weights: str | None = None, map_location="cpu")
     from its seed, or from the recorded weights file (``encoder_weights`` overrides a moved file); a
     checksum mismatch raises ValueError rather than pairing the decoder with the wrong encoder."""
     path = resolve_checkpoint(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file")
+    from npdg.checkpoint import check_format, load
+
+    payload = load(path, "generator")
+    check_format(payload, FORMAT, str(path))
     cfg = dict(payload["config"])
     recorded = cfg.pop("encoder_weights")
     weights = encoder_weights or recorded

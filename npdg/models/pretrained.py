@@ -95,7 +95,9 @@ def map_mit_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_pretrained_backbone(model, path) -> PretrainedReport:
     """Load ``path`` into ``model.backbone``; returns (and warns about) missing / unexpected keys."""
-    state = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    from npdg.checkpoint import load
+
+    state = _unwrap(load(path, "pretrained backbone"))
     backbone = model.backbone
     if isinstance(backbone, MixVisionTransformer):
         state = map_mit_keys(state)
