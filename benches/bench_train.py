@@ -6,7 +6,8 @@ online D-VAE) and ``npdg`` (dsp + sensitivity-weighted L1); ``npdg_sensitivity``
 ``extra_info["amortised_step_s"]`` of the npdg row adds that share.
 Full mode on a GPU: DeepLabV3+ R50 and SegFormer-B0 at 512x512, batch 8, bf16 autocast; also with
 ``NPDG_KERNELS=reference`` (Triton kernels off) for the dsp/npdg rows. Full mode on a CPU: R18 and B0 at
-the default run's shape (batch 8, 96x192, fp32). Quick mode (CI): tiny shapes, each run once.
+the default run's shape (batch 8, 96x192, fp32). ``layout``: erm and npdg also with channels_last model
+and inputs (the memory-format lever). Quick mode (CI): tiny shapes, each run once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ GPU = torch.cuda.is_available() and not quick_mode()
 MODELS = ["deeplabv3plus_r50", "segformer_b0"] if GPU else ["deeplabv3plus_r18", "segformer_b0"]
 METHODS = ["erm", "slimming", "dsp", "npdg"]
 KERNELS = ["auto", "reference"] if GPU else ["auto"]
+LAYOUTS = ["contiguous", "channels_last"]  # the memory-format lever, erm and npdg rows side by side
 
 
 def problem_size(device: torch.device, quick: bool) -> tuple[int, tuple[int, int]]:
@@ -35,7 +37,7 @@ def problem_size(device: torch.device, quick: bool) -> tuple[int, tuple[int, int
     return (8, (512, 512)) if device.type == "cuda" else (8, (96, 192))
 
 
-def _setup(name, method, device, quick):
+def _setup(name, method, device, quick, layout="contiguous"):
     batch, (h, w) = problem_size(device, quick)
     torch.manual_seed(0)
     cfg = Config(method=method, model=name, batch_size=batch, sens_batch=min(batch, 8), device=str(device))
@@ -45,18 +47,24 @@ def _setup(name, method, device, quick):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, h, w, device=device)
     labels = torch.randint(0, 19, (batch, h, w), device=device)
+    if layout == "channels_last":
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     return cfg, model, recipe, opt, images, labels
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", MODELS)
-def test_train_step(benchmark, name, method, kernels, bench_device, quick, monkeypatch):
+def test_train_step(benchmark, name, method, kernels, layout, bench_device, quick, monkeypatch):
     if kernels == "reference" and method in ("erm", "slimming"):
         pytest.skip("erm / slimming use no custom op")
+    if layout != "contiguous" and (method in ("slimming", "dsp") or kernels != "auto"):
+        pytest.skip("the layout lever is measured on the erm and npdg rows")
     if kernels != "auto":
         monkeypatch.setenv("NPDG_KERNELS", kernels)
-    cfg, model, recipe, opt, images, labels = _setup(name, method, bench_device, quick)
+    cfg, model, recipe, opt, images, labels = _setup(name, method, bench_device, quick, layout)
     loss_fn = recipe.sparse_loss_fn(model)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bench_device.type == "cuda" else nullcontext()
     if method == "npdg":
@@ -82,7 +90,7 @@ def test_train_step(benchmark, name, method, kernels, bench_device, quick, monke
     assert loss == loss  # not NaN
     benchmark.extra_info.update(env_info(bench_device))
     benchmark.extra_info.update(model=name, method=method, kernels=os.environ.get("NPDG_KERNELS", "auto"),
-                                batch=images.shape[0], crop=f"{images.shape[2]}x{images.shape[3]}",
+                                layout=layout, batch=images.shape[0], crop=f"{images.shape[2]}x{images.shape[3]}",
                                 amp="bf16" if bench_device.type == "cuda" else "fp32")
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["images_per_s"] = images.shape[0] / benchmark.stats.stats.median

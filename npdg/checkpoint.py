@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -88,8 +89,14 @@ def load(path, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for code-carrying pickles, RuntimeError for truncation
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: cannot be read as an npdg {what} ({first[:200]})") from exc
+        text = str(exc)
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if unsupported:
+            raise CheckpointError(f"{path}: refused — it carries a pickled Python object ({unsupported.group(1)}) "
+                                  "that could run code; npdg reads tensors and plain data only") from exc
+        reason = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        first = reason.group(1) if reason else (text.strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: cannot be read as an npdg {what} ({first.strip()[:200]})") from exc
 
 
 def load_state(run_dir) -> dict:

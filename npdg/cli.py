@@ -109,12 +109,12 @@ def classify(exc: BaseException) -> int | None:
 
 
 def message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS and not isinstance(exc, PermissionError):
-        where = exc.filename or "the output"
-        return (f"cannot write {where}: {exc.strerror} (files written before are intact; free space or "
-                "choose another output, then rerun — training runs continue with --resume)")
-    if isinstance(exc, PermissionError):
-        return f"{exc.filename or ''}: permission denied ({exc.strerror})".lstrip(": ")
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        hint = ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            hint = (" (files written before are intact; free space or choose another output, then rerun — "
+                    "a training run continues with --resume)")
+        return f"cannot access {exc.filename or 'the output'}: {exc.strerror}{hint}"
     if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
         return (f"a data-loading worker died ({one_line(exc)}); rerun with --workers 0 (or --debug) to see "
                 "why — a training run continues with --resume")

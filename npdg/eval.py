@@ -126,7 +126,7 @@ def build_parser():
                    help="HxW: synthetic generation size (default 128x256); resize for on-disk data")
     p.add_argument("--num", type=cli.int_at_least(1), default=None, help="synthetic scenes / first N on-disk samples")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
-    p.add_argument("--batch-size", type=cli.int_at_least(1), default=4)
+    p.add_argument("--batch-size", "--batch_size", type=cli.int_at_least(1), default=4)
     p.add_argument("--workers", type=cli.int_at_least(0), default=0, help="DataLoader worker processes")
     p.add_argument("--sliding", action="store_true", help="sliding-window inference")
     p.add_argument("--window", type=hw_arg, help="sliding window HxW")

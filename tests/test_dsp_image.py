@@ -264,7 +264,7 @@ def test_encoder_weights_that_do_not_fit_raise_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"wrong\.pth: no VGG key"):
         Encoder(width=8, weights=path)
     path.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"wrong\.pth: not a torch state dict"):
+    with pytest.raises(ValueError, match=r"wrong\.pth: cannot be read as an npdg encoder weights"):
         Encoder(width=8, weights=path)
 
 
@@ -303,7 +303,7 @@ def test_cli_preview_writes_a_png(trained_run, tmp_path):
     (["train", "--batch", "0"], "--batch must be >= 1"),
     (["train", "--size", "0x64"], "too small"),
     (["train", "--encoder_weights", "{tmp}/wrong.pth"], "features.2.weight has shape"),
-    (["train", "--encoder_weights", "{tmp}/none.pth"], "none.pth do not exist"),
+    (["train", "--encoder_weights", "{tmp}/none.pth"], "none.pth does not exist"),
     (["train", "--source", "synthetic:mars"], "unknown synthetic domain"),
     (["preview", "--checkpoint", "{tmp}/missing", "--adv_steps", "-1"], "--adv_steps must be >= 0"),
     (["preview", "--checkpoint", "{tmp}/missing"], "missing does not exist"),

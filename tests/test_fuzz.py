@@ -27,9 +27,9 @@ EXPECTED = (DatasetError, SpecError, FileNotFoundError)  # what the loader may r
 # --- the folder loader ------------------------------------------------------------------------------
 
 
-def _png(array, mode=None) -> bytes:
+def _png(array) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -76,7 +76,7 @@ def label_bytes(draw, size):
     if kind == "rgb":
         return _png(np.dstack([ids] * 3))
     if kind == "i16":
-        return _png(ids.astype(np.uint16) * draw(st.sampled_from([1, 300])), mode="I;16")
+        return _png(ids.astype(np.uint16) * draw(st.sampled_from([1, 300])))  # a 16-bit grey PNG
     if kind == "garbage":
         return draw(st.binary(min_size=1, max_size=64))
     if kind == "truncated":
@@ -162,12 +162,17 @@ def _values():
 
 
 @st.composite
-def argv(draw, flags, positional=()):
+def argv(draw, flags: dict, positional=()):
+    """Arguments for one CLI: each flag with a plausible value 3/4 of the time and a malformed one otherwise,
+    now and then an unknown flag or a flag without its value."""
     out = list(draw(st.sampled_from(positional))) if positional else []
     for _ in range(draw(st.integers(0, 6))):
-        flag = draw(st.sampled_from(flags + ["--nope", "--debug-not", "-x"]))
-        form = draw(st.sampled_from(["pair", "pair", "eq", "bare"]))
-        value = draw(_values())
+        flag = draw(st.sampled_from(sorted(flags)))
+        if draw(st.integers(0, 9)) == 0:
+            flag = draw(st.sampled_from(["--nope", "--debug-not", "-x", "--"]))
+        plausible = st.sampled_from(flags.get(flag) or ["1"])
+        value = draw(st.one_of(plausible, plausible, plausible, _values()))  # malformed a quarter of the time
+        form = draw(st.sampled_from(["pair"] * 6 + ["eq"] * 3 + ["bare"]))
         out += {"pair": [flag, value], "eq": [f"{flag}={value}"], "bare": [flag]}[form]
     return out
 
@@ -244,23 +249,50 @@ def _tiny_dataset(spec, **kwargs):
     return build_dataset(spec, **kwargs)
 
 
-TRAIN_FLAGS = ["--iters", "--model", "--method", "--ratio", "--lam", "--sens_k", "--crop", "--targets", "--source",
-               "--round_to", "--dsp_beta", "--adv_steps", "--optimizer", "--preset", "--config", "--resume",
-               "--generator", "--device", "--dsp_level", "--lr", "--batch_size", "--workers", "--amp", "--itres"]
-EVAL_FLAGS = ["--checkpoint", "--data", "--split", "--json", "--size", "--num", "--seed", "--batch-size", "--workers",
-              "--sliding", "--window", "--stride", "--device"]
-PROFILE_FLAGS = ["--checkpoint", "--sweep", "--compare", "--device", "--batch", "--size", "--dtype", "--warmup",
-                 "--runs", "--min-runs", "--ratios", "--round_to", "--layers-at", "--json", "--plot", "--threads"]
-DATA_FLAGS = ["--domain", "--split", "--num", "--out", "--size", "--seed"]
-DSP_FLAGS = ["--out", "--source", "--preset", "--iters", "--size", "--batch", "--lr", "--width", "--depth", "--num",
-             "--encoder_weights", "--beta", "--checkpoint", "--styles", "--adv_steps", "--model_checkpoint",
-             "--device", "--threads"]
+SIZES = ["32x64", "16x16", "8x8"]
+TRAIN_FLAGS = {"--iters": ["1", "5"], "--model": ["segformer_b0", "deeplabv3plus_r18", "vgg16_deeplab"],
+               "--method": ["erm", "slimming", "dsp", "npdg"], "--ratio": ["0", "0.3", "0.99"], "--lam": ["0", "1"],
+               "--sens_k": ["2", "4"], "--crop": SIZES, "--targets": ["synthetic:fog", "synthetic:fog,synthetic:rain"],
+               "--source": ["synthetic:source", "folder:{dir}"], "--round_to": ["1", "8"], "--dsp_beta": ["0", "1e-3"],
+               "--adv_steps": ["0", "2"], "--optimizer": ["sgd", "adamw"], "--preset": ["quick", "gta5_cityscapes_r50"],
+               "--config": ["{text}", "{dir}"], "--resume": ["{dir}"], "--generator": ["{model}"],
+               "--device": ["cpu", "auto"], "--dsp_level": ["feature", "image"], "--lr": ["0.01"],
+               "--batch_size": ["2"], "--workers": ["0", "2"], "--amp": ["true", "false"], "--itres": ["3"],
+               "--eval_size": SIZES, "--threshold": ["0.1"], "--sens_precision": ["tf32"], "--out": ["{out}/r"]}
+EVAL_FLAGS = {"--checkpoint": ["{model}", "{text}"], "--data": ["synthetic:fog", "folder:{dir}", "gta5:{dir}"],
+              "--split": ["val", "train", "all"], "--json": ["{out}/e.json"], "--size": SIZES, "--num": ["1", "2"],
+              "--seed": ["0", "3"], "--batch-size": ["1", "4"], "--workers": ["0", "1"], "--sliding": [],
+              "--window": SIZES, "--stride": SIZES, "--device": ["cpu", "cuda"]}
+PROFILE_FLAGS = {"--checkpoint": ["{model}", "{dir}"], "--sweep": ["segformer_b0"], "--compare": ["{model}"],
+                 "--device": ["cpu", "cuda"], "--batch": ["1", "2"], "--size": SIZES, "--dtype": ["fp32", "bf16"],
+                 "--warmup": ["1"], "--runs": ["0", "2"], "--min-runs": ["1"], "--ratios": ["0,0.3", "0.5"],
+                 "--round_to": ["1,8"], "--layers-at": ["0.3"], "--json": ["{out}/p.json"], "--plot": ["{out}/p.png"],
+                 "--threads": ["1"]}
+DATA_FLAGS = {"--domain": ["fog", "source"], "--split": ["val", "train"], "--num": ["1", "2"],
+              "--out": ["{out}/d", "{out}/d.png"], "--size": SIZES, "--seed": ["0"]}
+DSP_FLAGS = {"--out": ["{out}/g"], "--source": ["synthetic:source", "folder:{dir}"], "--preset": ["quick"],
+             "--iters": ["1"], "--size": SIZES, "--batch": ["2"], "--lr": ["1e-3"], "--width": ["8"],
+             "--depth": ["2", "3"], "--num": ["2"], "--encoder_weights": ["{model}", "{text}"], "--beta": ["0"],
+             "--checkpoint": ["{dir}", "{model}"], "--styles": ["1"], "--adv_steps": ["0", "1"],
+             "--model_checkpoint": ["{model}"], "--device": ["cpu", "cuda"], "--threads": ["1"]}
+
+
+OUTCOMES: dict = {}  # (cli, exit code) -> count, printed at the end of the module with -s
 
 
 def _fuzz_cli(main, flags, positional, files, capsys, data):
     args = _fill(data.draw(argv(flags, positional)), files)
     code, err = _call(main, args, capsys)
     _check(code, err, files)
+    key = (main.__module__, code)
+    OUTCOMES[key] = OUTCOMES.get(key, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_outcomes():
+    yield
+    if OUTCOMES:
+        print("\nCLI fuzz outcomes (module, exit code): count —", dict(sorted(OUTCOMES.items())))
 
 
 @FUZZ

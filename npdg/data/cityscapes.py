@@ -6,7 +6,7 @@
 Label ids above 33 do not exist in Cityscapes and are reported as corrupt labels.
 """
 
-from .base import PairedFiles, list_images, pair_files, require_dir
+from .base import DatasetError, PairedFiles, list_images, pair_files, require_dir
 from .labels import CITYSCAPES_LUT
 
 SPLITS = ("train", "val", "test")
@@ -15,7 +15,7 @@ SPLITS = ("train", "val", "test")
 class CityscapesSegmentation(PairedFiles):
     def __init__(self, root, split="val", num=None, **kwargs):
         if split not in SPLITS:
-            raise ValueError(f"Cityscapes split must be one of {SPLITS}, got {split!r}")
+            raise DatasetError(f"Cityscapes split must be one of {SPLITS}, got {split!r}")
         root = require_dir(root, "Cityscapes")
         image_dir = require_dir(root / "leftImg8bit" / split, "Cityscapes images")
         label_dir = require_dir(root / "gtFine" / split, "Cityscapes labels")

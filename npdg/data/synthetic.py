@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import SegmentationDataset
+from .base import DatasetError, SegmentationDataset
 from .scene import (
     BUILDING,
     BUS,
@@ -253,9 +253,9 @@ class SyntheticSegmentation(SegmentationDataset):
     def __init__(self, domain="source", split="train", size=DEFAULT_SIZE, num=None, seed=0, *, cache=False,
                  transform=None, normalize=True, aug_seed=0):
         if domain not in DOMAIN_TABLE:
-            raise ValueError(f"unknown synthetic domain {domain!r}; valid: {', '.join(DOMAINS)}")
+            raise DatasetError(f"unknown synthetic domain {domain!r}; valid: {', '.join(DOMAINS)}")
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+            raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         super().__init__(size=None, transform=transform, normalize=normalize, aug_seed=aug_seed)
         self.domain, self.split, self.seed = domain, split, int(seed)
         self.gen_size = tuple(int(s) for s in (size or DEFAULT_SIZE))
