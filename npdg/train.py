@@ -232,7 +232,7 @@ class Run:
         cfg = self.cfg
         self.optimise("train", model, recipe, recipe.sparse_loss_fn(model), cfg.iters, cfg.lr, resume)
         if self.ctx.main:
-            checkpoint.save(model_payload(model), self.dir / "dense.pt")
+            checkpoint.save(model_payload(model, config=self.cfg.to_dict()), self.dir / "dense.pt")
             if recipe.last_sensitivity is not None:
                 recipe.last_sensitivity.save(self.dir / "sensitivity.json")
         return model
@@ -258,7 +258,7 @@ class Run:
         self.optimise("finetune", model, recipe, recipe.plain_loss_fn(model), cfg.finetune_iters,
                       cfg.finetune_lr or cfg.lr, resume)
         if self.ctx.main:
-            checkpoint.save(model_payload(model), self.dir / "final.pt")
+            checkpoint.save(model_payload(model, config=self.cfg.to_dict()), self.dir / "final.pt")
         return model
 
     def stage_evaluate(self, model):
@@ -267,7 +267,7 @@ class Run:
         if not self.ctx.main:
             return {}
         if not self.cfg.prunes:
-            checkpoint.save(model_payload(model), self.dir / "final.pt")
+            checkpoint.save(model_payload(model, config=self.cfg.to_dict()), self.dir / "final.pt")
         return write_metrics_and_report(self.dir, self.cfg, self.val_sets, self.ctx)
 
     def run(self, state: dict | None) -> dict:

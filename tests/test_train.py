@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import npdg
 from npdg import load_model
 from npdg.config import available_presets, load_config
 from npdg.train import main
@@ -45,6 +46,10 @@ def test_erm_writes_run_dir(tmp_path):
     dense, final = _state_dict(out / "dense.pt"), _state_dict(out / "final.pt")
     assert all(torch.equal(dense[k], final[k]) for k in dense)
     assert load_model(out / "checkpoint.pt").registry_name == "deeplabv3plus_r18"
+    for name in ("dense.pt", "final.pt", "checkpoint.pt"):  # every file records who wrote it and how
+        payload = torch.load(out / name, weights_only=True)
+        assert payload["version"] == npdg.__version__
+        assert (payload.get("extra") or payload)["config"]["iters"] == 4
 
 
 def test_slimming_prunes_and_compacts(tmp_path):
