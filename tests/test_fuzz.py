@@ -220,8 +220,10 @@ def _check(code, err, files):
 
 
 @pytest.fixture
-def stubbed(monkeypatch):
-    """Replace the long-running work of each CLI with a stub that returns at once."""
+def stubbed(monkeypatch, files):
+    """Replace the long-running work of each CLI with a stub that returns at once; relative output paths
+    land in a scratch folder, which must hold no temporary file afterwards."""
+    monkeypatch.chdir(files["out"])
     import npdg.data.__main__ as data_cli
     import npdg.dsp.__main__ as dsp_cli
     import npdg.eval as eval_cli
