@@ -471,3 +471,30 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_result(tmp_path):
     x, y = (npdg.load_model(d / "final.pt").state_dict() for d in (whole, cut))
     assert all(torch.equal(x[k], y[k]) for k in x), "the killed-and-resumed run differs from the uninterrupted one"
     print(f"survived {kills} SIGKILLs ({in_write} inside a checkpoint write); checkpoints seen: {stages}")
+
+
+def test_disk_full_during_a_run_is_one_line_and_resume_finishes(tmp_path, monkeypatch, capsys):
+    from npdg.train import main
+
+    out = tmp_path / "run"
+    real_save, writes = torch.save, []
+
+    def filling_disk(obj, f, *a, **k):
+        if str(getattr(f, "name", "")).endswith("checkpoint.pt.tmp"):
+            writes.append(1)
+            if len(writes) == 3:  # the third checkpoint write: the disk is full
+                f.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device", f.name)
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", filling_disk)
+    args = [a for a in TINY_TRAIN if not a.startswith("--iters")] + ["--iters=4", "--ckpt_every=1"]
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert exc.value.code == 2 and len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
+    monkeypatch.undo()
+    state = checkpoint.load_state(out)  # the previous checkpoint, intact
+    assert (state["stage"], state["step"]) == ("train", 1)
+    assert not list(out.glob("*.tmp"))
+    assert main(["--resume", str(out)])["method"] == "erm"
