@@ -93,6 +93,10 @@ def one_line(exc: BaseException) -> str:
     return text[:1000]
 
 
+def _loader_failure(exc: BaseException) -> bool:
+    return "DataLoader worker" in str(exc) or "DataLoader timed out" in str(exc)
+
+
 def classify(exc: BaseException) -> int | None:
     """Exit code for an expected error, None for a bug."""
     from npdg.loop import NonFiniteError
@@ -103,8 +107,8 @@ def classify(exc: BaseException) -> int | None:
         return 2
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
         return 2
-    if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
-        return 1  # a worker process died (killed, out of memory, segfault)
+    if isinstance(exc, RuntimeError) and _loader_failure(exc):
+        return 1  # a worker process died (killed, out of memory, segfault) or hung past data_timeout
     return None
 
 
@@ -115,7 +119,10 @@ def message(exc: BaseException) -> str:
             hint = (" (files written before are intact; free space or choose another output, then rerun — "
                     "a training run continues with --resume)")
         return f"cannot access {exc.filename or 'the output'}: {exc.strerror}{hint}"
-    if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+    if isinstance(exc, RuntimeError) and "DataLoader timed out" in str(exc):
+        return (f"{one_line(exc)}: a data-loading worker hung (raise --data_timeout for slow storage; rerun "
+                "with --workers 0 or --debug to see where) — a training run continues with --resume")
+    if isinstance(exc, RuntimeError) and _loader_failure(exc):
         return (f"a data-loading worker died ({one_line(exc)}); rerun with --workers 0 (or --debug) to see "
                 "why — a training run continues with --resume")
     return one_line(exc)

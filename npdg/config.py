@@ -84,6 +84,7 @@ class Config:
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 2  # DataLoader worker processes
+    data_timeout: int = 300  # seconds a worker may take for one batch before the run stops (0 = no limit)
     seed: int = 0
     log_every: int = 20  # iterations between log lines
     eval_every: int = 0  # iterations between source-val evaluations (0 = only at the end)
@@ -109,7 +110,8 @@ class Config:
         _check_range(self, "dsp_lr", 0, None, low_open=True)
         for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
                           ("sens_k", 2), ("sens_every", 1), ("sens_batch", 1), ("dsp_latent", 1),
-                          ("dsp_hidden", 1), ("ckpt_every", 1), ("skip_nonfinite", 0), ("workers", 0), ("log_every", 1),
+                          ("dsp_hidden", 1), ("ckpt_every", 1), ("skip_nonfinite", 0), ("workers", 0),
+                          ("data_timeout", 0), ("log_every", 1),
                           ("eval_every", 0), ("val_num", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")

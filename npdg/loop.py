@@ -87,6 +87,7 @@ def batches(dataset, ctx: Context, start_step: int):
     sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, ctx.rank, ctx.world)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                                          num_workers=cfg.workers, pin_memory=ctx.device.type == "cuda",
+                                         timeout=cfg.data_timeout if cfg.workers > 0 else 0,  # a hung worker
                                          # its own generator: creating an iterator must not draw from the
                                          # global RNG (dropout / DSP noise), or a resume would shift it
                                          generator=torch.Generator().manual_seed(cfg.seed))

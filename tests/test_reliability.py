@@ -313,7 +313,10 @@ def crashing(cfg):
     class Crash(type(ds)):
         def __getitem__(self, i):
             import torch.utils.data as d
-            if d.get_worker_info() is not None:   # inside a worker process: die the hard way
+            if d.get_worker_info() is not None:   # inside a worker process: die the hard way, or hang
+                if os.environ["NPDG_TEST_WORKER"] == "hang":
+                    import time
+                    time.sleep(3600)
                 os.kill(os.getpid(), signal.SIGKILL)
             return get(self, i)
     ds.__class__ = Crash
@@ -323,13 +326,16 @@ t.main(sys.argv[1:])
 """
 
 
-def test_dataloader_worker_crash_is_an_error_not_a_hang(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [a for a in TINY_TRAIN if not a.startswith("--workers")] + ["--workers=1", "--out", str(tmp_path / "r")]
+@pytest.mark.parametrize("how, message", [("kill", "a data-loading worker died"),
+                                          ("hang", "DataLoader timed out after 3 seconds: a data-loading worker hung")])
+def test_dataloader_worker_crash_is_an_error_not_a_hang(tmp_path, how, message):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPDG_TEST_WORKER": how}
+    args = [a for a in TINY_TRAIN if not a.startswith("--workers")] + ["--workers=1", "--data_timeout=3",
+                                                                        "--out", str(tmp_path / "r")]
     proc = subprocess.run([sys.executable, "-c", _CRASHING_RUN, *args], capture_output=True, text=True,
                           timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "a data-loading worker died" in proc.stderr and "--resume" in proc.stderr
+    assert message in proc.stderr and "--resume" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert checkpoint.load_state(tmp_path / "r")["stage"] == "train"  # the run is resumable
 
