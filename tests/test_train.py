@@ -135,6 +135,7 @@ def test_resume_of_finished_run_is_a_no_op(tmp_path, capsys):
     (["--sens_k=1"], "sens_k must be >= 2"),
     (["--dsp_beta=-1"], "dsp_beta must be in [0"),
     (["--adv_steps=-1"], "adv_steps must be >= 0"),
+    (["--finetune_iters=-2"], "finetune_iters must be >= 0 (or -1"),
     (["--method=magic"], "method='magic'"),
     (["--itres=3"], "unknown config key 'itres'; did you mean 'iters'?"),
     (["--preset=nope"], "preset='nope'"),
@@ -176,6 +177,13 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     assert exc.value.code == 2
     assert "already holds a run" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+
+
+def test_finetune_iters_default_per_method():
+    assert load_config(overrides=["--method=slimming"]).finetune_iters == 150
+    assert load_config(overrides=["--method=npdg"]).finetune_iters == 60
+    assert load_config(overrides=["--method=slimming", "--finetune_iters=7"]).finetune_iters == 7
+    assert load_config(overrides=["--preset=quick", "--method=slimming"]).finetune_iters == 20
 
 
 @pytest.mark.parametrize("name", available_presets())
