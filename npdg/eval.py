@@ -112,8 +112,8 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
 
 def build_parser():
     p = cli.Parser(prog="python -m npdg.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Reported numbers (table and JSON) are IoU in percent.")
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   epilog="Reported numbers (table and JSON) are IoU in percent.")
     p.add_argument("--checkpoint", required=True,
                    help="model file from npdg.save_model, or a training checkpoint")
     p.add_argument("--data", action="append", required=True, metavar="SPEC",

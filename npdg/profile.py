@@ -701,9 +701,7 @@ def plot_report(report: dict, path, top: int = 12) -> None:
         fig.suptitle(where, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    from npdg.checkpoint import save_figure
-
-    save_figure(fig, path, dpi=110)
+    checkpoint.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -732,9 +730,9 @@ def _round_tos(text):
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog="python -m npdg.profile", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Definitions (FLOPs reduction, speedup, efficiency, lost time): see the module docstring "
-                       "(python -c 'import npdg.profile; help(npdg.profile)').")
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   epilog="Definitions (FLOPs reduction, speedup, efficiency, lost time): see the module docstring "
+                          "(python -c 'import npdg.profile; help(npdg.profile)').")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="npdg model file (or training checkpoint), or a run directory "
                                            "(then dense.pt vs final.pt)")

@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     from npdg import cli
 
     parser = cli.Parser(prog="python -m npdg.report",
-                                     description="Markdown table of finished runs (their metrics.json).")
+                        description="Markdown table of finished runs (their metrics.json).")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of python -m npdg.train")
     cli.add_debug(parser)
     args = parser.parse_args(argv)

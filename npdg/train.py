@@ -41,7 +41,7 @@ from npdg import checkpoint, cli
 from npdg.config import Config, load_config
 from npdg.dsp.perturb import cross_entropy  # the one segmentation loss (ignore index 255), DSP's default too
 from npdg.loop import Context, fit, poly
-from npdg.serialization import model_from_payload, model_payload
+from npdg.serialization import model_from_payload, model_payload, save_model
 
 STAGES = {
     "erm": ("train", "evaluate"),
@@ -232,7 +232,7 @@ class Run:
         cfg = self.cfg
         self.optimise("train", model, recipe, recipe.sparse_loss_fn(model), cfg.iters, cfg.lr, resume)
         if self.ctx.main:
-            checkpoint.save(model_payload(model, config=self.cfg.to_dict()), self.dir / "dense.pt")
+            save_model(model, self.dir / "dense.pt", config=self.cfg.to_dict())
             if recipe.last_sensitivity is not None:
                 recipe.last_sensitivity.save(self.dir / "sensitivity.json")
         return model
@@ -258,7 +258,7 @@ class Run:
         self.optimise("finetune", model, recipe, recipe.plain_loss_fn(model), cfg.finetune_iters,
                       cfg.finetune_lr or cfg.lr, resume)
         if self.ctx.main:
-            checkpoint.save(model_payload(model, config=self.cfg.to_dict()), self.dir / "final.pt")
+            save_model(model, self.dir / "final.pt", config=self.cfg.to_dict())
         return model
 
     def stage_evaluate(self, model):
@@ -267,7 +267,7 @@ class Run:
         if not self.ctx.main:
             return {}
         if not self.cfg.prunes:
-            checkpoint.save(model_payload(model, config=self.cfg.to_dict()), self.dir / "final.pt")
+            save_model(model, self.dir / "final.pt", config=self.cfg.to_dict())
         return write_metrics_and_report(self.dir, self.cfg, self.val_sets, self.ctx)
 
     def run(self, state: dict | None) -> dict:
@@ -353,8 +353,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = cli.Parser(prog="python -m npdg.train", description=__doc__.split("\n\n")[0],
-                                     epilog="Any config key can be overridden as --key=value; "
-                                            "see npdg/config.py for keys and defaults.")
+                        epilog="Any config key can be overridden as --key=value; "
+                               "see npdg/config.py for keys and defaults.")
     parser.add_argument("--config", help="YAML file of config keys")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its own config")
     cli.add_debug(parser)

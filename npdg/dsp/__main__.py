@@ -60,7 +60,7 @@ def _size(text):
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog="python -m npdg.dsp", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the style generator (decoder + D-VAE) on the source domain")
     t.add_argument("--out", type=Path, required=True, help="run directory")
