@@ -69,6 +69,7 @@ class Config:
     # --- DSP: differentiable style perturbation (dsp, npdg)
     dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
     dsp_p: float = 0.5  # fraction of each batch replaced by perturbed samples
+    dsp_warmup: int = 0  # first steps of the train stage without restyling (the D-VAE still learns styles)
     dsp_latent: int = 32  # D-VAE latent size
     dsp_hidden: int = 256  # D-VAE MLP width
     dsp_beta: float = 1e-3  # KL weight of the D-VAE
@@ -118,7 +119,7 @@ class Config:
         elif self.finetune_iters < 0:
             raise ConfigError(f"finetune_iters must be >= 0 (or -1: the method's default), got {self.finetune_iters}")
         for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
-                          ("sens_k", 2), ("sens_every", 1), ("sens_batch", 1), ("dsp_latent", 1),
+                          ("sens_k", 2), ("sens_every", 1), ("dsp_warmup", 0), ("sens_batch", 1), ("dsp_latent", 1),
                           ("dsp_hidden", 1), ("ckpt_every", 1), ("skip_nonfinite", 0), ("workers", 0),
                           ("data_timeout", 0), ("log_every", 1),
                           ("eval_every", 0), ("val_num", 0)):

@@ -126,17 +126,19 @@ class Recipe:
     def sync_params(self):
         return list(self.dsp.parameters()) if self.dsp_opt is not None else []
 
-    def task_loss(self, net, model, images, labels):
+    def task_loss(self, net, model, images, labels, clean: bool = False):
+        """clean: a DSP warm-up step (no sample restyled; the feature-level D-VAE still learns the styles)."""
         cfg = self.cfg
         if self.dsp is None:
             return cross_entropy(net(images), labels), {}
+        p = 0.0 if clean else cfg.dsp_p
         if cfg.dsp_level == "image":
             from npdg.dsp.generator import image_task_loss
 
-            return image_task_loss(self.dsp, net, images, labels, cross_entropy, p=cfg.dsp_p,
+            return image_task_loss(self.dsp, net, images, labels, cross_entropy, p=p,
                                    adv_steps=cfg.adv_steps, adv_step_size=cfg.adv_step_size,
                                    eps_scale=cfg.eps_scale)
-        return self.dsp.task_loss(net, model, images, labels, cross_entropy)
+        return self.dsp.task_loss(net, model, images, labels, cross_entropy, p=p)
 
     def refresh_sensitivity(self, model, images) -> None:
         from npdg.dsp.perturb import FeatureDSP
@@ -164,7 +166,7 @@ class Recipe:
         def loss_fn(net, step, images, labels):
             if cfg.method == "npdg" and (self.weights is None or (step - 1) % cfg.sens_every == 0):
                 self.refresh_sensitivity(model, images)
-            loss, logs = self.task_loss(net, model, images, labels)
+            loss, logs = self.task_loss(net, model, images, labels, clean=step <= cfg.dsp_warmup)
             if cfg.prunes and cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None)
                 loss = loss + cfg.sparsity * penalty

@@ -254,8 +254,10 @@ class FeatureDSP(nn.Module):
 
     # --- the training step
     def task_loss(self, net: nn.Module, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  loss_fn=cross_entropy, autocast=None) -> tuple[torch.Tensor, dict]:
+                  loss_fn=cross_entropy, autocast=None, p: float | None = None) -> tuple[torch.Tensor, dict]:
         """DSP segmentation loss over the whole batch (clean + restyled samples) + the D-VAE loss.
+
+        ``p`` overrides ``self.p`` for this step (0: a clean step that still trains the D-VAE, e.g. warm-up).
 
         ``net`` runs the training forward (may be DDP-wrapped), ``model`` is the unwrapped module (its
         ``style_layer`` is hooked; it runs the ascent passes). The caller adds its sparsity term, calls
@@ -265,7 +267,7 @@ class FeatureDSP(nn.Module):
         adv_gain = restyled loss after - before the ascent (on a frozen model; > 0 when the ascent works).
         """
         n_total = images.shape[0]
-        n = min(n_total, math.ceil(self.p * n_total))
+        n = min(n_total, math.ceil((self.p if p is None else p) * n_total))
         logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
         xi = torch.randn(n, self.dvae.latent, device=images.device)
         delta = None
