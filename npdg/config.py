@@ -69,7 +69,8 @@ class Config:
     # --- DSP: differentiable style perturbation (dsp, npdg)
     dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
     dsp_p: float = 0.5  # fraction of each batch replaced by perturbed samples
-    dsp_warmup: int = 0  # first steps of the train stage without restyling (the D-VAE still learns styles)
+    dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
+    #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
     dsp_hidden: int = 256  # D-VAE MLP width
     dsp_beta: float = 1e-3  # KL weight of the D-VAE
@@ -113,13 +114,14 @@ class Config:
         _check_range(self, "ratio", 0, 1, high_open=True)
         _check_range(self, "lam", 0, 1)
         _check_range(self, "dsp_p", 0, 1)
+        _check_range(self, "dsp_warmup", 0, 1)
         _check_range(self, "dsp_lr", 0, None, low_open=True)
         if self.finetune_iters == -1:
             self.finetune_iters = FINETUNE_ITERS.get(self.method, 60)
         elif self.finetune_iters < 0:
             raise ConfigError(f"finetune_iters must be >= 0 (or -1: the method's default), got {self.finetune_iters}")
         for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
-                          ("sens_k", 2), ("sens_every", 1), ("dsp_warmup", 0), ("sens_batch", 1), ("dsp_latent", 1),
+                          ("sens_k", 2), ("sens_every", 1), ("sens_batch", 1), ("dsp_latent", 1),
                           ("dsp_hidden", 1), ("ckpt_every", 1), ("skip_nonfinite", 0), ("workers", 0),
                           ("data_timeout", 0), ("log_every", 1),
                           ("eval_every", 0), ("val_num", 0)):

@@ -162,11 +162,12 @@ class Recipe:
         from npdg.pruning import l1_penalty
 
         cfg = self.cfg
+        warmup = round(cfg.dsp_warmup * cfg.iters)
 
         def loss_fn(net, step, images, labels):
             if cfg.method == "npdg" and (self.weights is None or (step - 1) % cfg.sens_every == 0):
                 self.refresh_sensitivity(model, images)
-            loss, logs = self.task_loss(net, model, images, labels, clean=step <= cfg.dsp_warmup)
+            loss, logs = self.task_loss(net, model, images, labels, clean=step <= warmup)
             if cfg.prunes and cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None)
                 loss = loss + cfg.sparsity * penalty

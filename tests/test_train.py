@@ -71,7 +71,7 @@ def test_slimming_prunes_and_compacts(tmp_path):
 
 def test_dsp_warmup_trains_the_first_steps_unperturbed(tmp_path):
     out = tmp_path / "warm"
-    main(TINY + ["--method=npdg", "--dsp_warmup=2", "--log_every=1", "--out", str(out)])
+    main(TINY + ["--method=npdg", "--dsp_warmup=0.5", "--log_every=1", "--out", str(out)])
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     perturbed = {(r["stage"], r["step"]): "dsp_pert" in r and "adv_loss0" in r for r in rows if "loss" in r}
     assert perturbed == {("train", 1): False, ("train", 2): False, ("train", 3): True, ("train", 4): True,
@@ -145,7 +145,7 @@ def test_resume_of_finished_run_is_a_no_op(tmp_path, capsys):
     (["--sens_k=1"], "sens_k must be >= 2"),
     (["--dsp_beta=-1"], "dsp_beta must be in [0"),
     (["--adv_steps=-1"], "adv_steps must be >= 0"),
-    (["--dsp_warmup=-1"], "dsp_warmup must be >= 0"),
+    (["--dsp_warmup=1.5"], "dsp_warmup must be in [0, 1]"),
     (["--finetune_iters=-2"], "finetune_iters must be >= 0 (or -1"),
     (["--method=magic"], "method='magic'"),
     (["--itres=3"], "unknown config key 'itres'; did you mean 'iters'?"),
