@@ -147,10 +147,11 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
 
 def compare_runs(metrics_files) -> str:
     """A markdown table of finished runs (run directories or metrics.json files): per-domain mIoU of `final`, the
-    mean over unseen domains, and final FLOPs / params relative to dense."""
+    mean over unseen domains, and final FLOPs / params relative to dense. Runs that differ only in the seed
+    (same method and λ) also get a row of their means, after the per-seed rows."""
     import json
 
-    rows, specs = [], None
+    runs, specs = [], None
     for path in metrics_files:
         path = Path(path)
         file = path / "metrics.json" if path.is_dir() else path
@@ -161,14 +162,34 @@ def compare_runs(metrics_files) -> str:
             cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
             specs = specs or [cfg["source"]] + list(cfg["targets"])
             f, d = m["final"], m["dense"]
-            label = f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else "") + f" · seed {cfg['seed']}"
-            cells = [_fmt(f["miou"].get(s)) for s in specs] + [
-                f"**{_fmt(m['unseen_mean']['final'])}**", f"{f['flops'] / 1e9:.3f} ({f['flops'] / d['flops']:.0%})",
-                f"{f['params'] / 1e6:.2f} ({f['params'] / d['params']:.0%})"]
+            runs.append({"name": f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else ""),
+                         "seed": cfg["seed"], "miou": [f["miou"].get(s) for s in specs],
+                         "unseen": m["unseen_mean"]["final"], "flops": (f["flops"], f["flops"] / d["flops"]),
+                         "params": (f["params"], f["params"] / d["params"])})
         except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
             raise checkpoint.CheckpointError(f"{file}: not the metrics of a finished npdg run "
                                              f"({type(exc).__name__}: {exc})") from exc
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def mean(values):
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["name"], []).append(r)
+    for name, members in groups.items():
+        if len({r["seed"] for r in members}) > 1:
+            runs.append({"name": name, "seed": "mean of seeds " + ", ".join(str(r["seed"]) for r in members),
+                         "miou": [mean(col) for col in zip(*(r["miou"] for r in members), strict=True)],
+                         "unseen": mean([r["unseen"] for r in members]),
+                         **{k: tuple(mean(col) for col in zip(*(r[k] for r in members), strict=True))
+                            for k in ("flops", "params")}})
+    rows = []
+    for r in runs:
+        seed = r["seed"] if isinstance(r["seed"], str) else f"seed {r['seed']}"
+        cells = [_fmt(v) for v in r["miou"]] + [
+            f"**{_fmt(r['unseen'])}**", f"{r['flops'][0] / 1e9:.3f} ({r['flops'][1]:.0%})",
+            f"{r['params'][0] / 1e6:.2f} ({r['params'][1]:.0%})"]
+        rows.append(f"| {r['name']} · {seed} | " + " | ".join(cells) + " |")
     short = [s.split(":", 1)[-1] for s in specs or []]
     head = ["| run | " + " | ".join(short) + " | unseen mean | final GFLOPs (vs dense) | final params M (vs dense) |",
             "|---|" + "---:|" * (len(short) + 3)]
