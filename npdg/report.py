@@ -51,6 +51,8 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     metrics["final"]["widths"] = final.widths()
     metrics["final"]["sizes"] = dense.widths()
     metrics["unseen_mean"] = {k: unseen_mean(metrics[k], cfg) for k in ("dense", "final")}
+    if ctx.history.get("sensitivity_pruned_vs_kept"):
+        metrics["final"]["sensitivity_pruned_vs_kept"] = ctx.history["sensitivity_pruned_vs_kept"]
     metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
     metrics["config"] = cfg.to_dict()
     checkpoint.write_json(run_dir / "metrics.json", metrics)
@@ -82,6 +84,13 @@ def print_table(run_dir, cfg, metrics) -> None:
     print("\n".join(table_lines(cfg, metrics)))
     if cfg.prunes:
         print(f"final/dense: FLOPs {f['flops'] / d['flops']:.1%}, params {f['params'] / d['params']:.1%}")
+    if f.get("sensitivity_pruned_vs_kept"):
+        print(_sensitivity_line(f["sensitivity_pruned_vs_kept"]))
+
+
+def _sensitivity_line(pk: dict) -> str:
+    return (f"style sensitivity (last pass, mean w): pruned units {pk['pruned']:.3f}, kept {pk['kept']:.3f} "
+            f"({pk['units_pruned']} pruned / {pk['units_kept']} kept downstream of the perturbation)")
 
 
 def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
@@ -139,6 +148,8 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
              *table_lines(cfg, metrics), ""]
     if cfg.prunes:
         lines += [f"final / dense: FLOPs {f['flops'] / d['flops']:.1%}, params {f['params'] / d['params']:.1%}.", ""]
+    if f.get("sensitivity_pruned_vs_kept"):
+        lines += [_sensitivity_line(f["sensitivity_pruned_vs_kept"]) + ".", ""]
     lines += ["| stage | seconds | images/s |", "|---|---:|---:|"]
     lines += [f"| {s} | {secs[s]:.0f} | {rates.get(s, 0):.1f} |" for s in secs]
     lines += ["", *_plots(run_dir, cfg, metrics, history), ""]

@@ -69,6 +69,25 @@ class Sensitivity:
                    int(d.get("k", 0)), float(d.get("lam", 0.0)))
 
 
+def pruned_vs_kept(sens: Sensitivity, masks: dict[str, Tensor]) -> dict | None:
+    """Did the prune remove the style-sensitive units? The mean weight w (of ``sens``, e.g. the last pass of
+    the train stage) of the units ``masks`` removes and of those it keeps, over the groups downstream of the
+    perturbation (upstream ones all weigh 1 and say nothing). None when no such unit was removed."""
+    pruned, kept = [], []
+    for name, w in sens.weights.items():
+        if name in sens.upstream or name not in masks:
+            continue
+        keep = masks[name].to(torch.bool).cpu()
+        pruned.append(w.cpu()[~keep])
+        kept.append(w.cpu()[keep])
+    pruned = torch.cat(pruned) if pruned else torch.zeros(0)
+    if pruned.numel() == 0:
+        return None
+    kept = torch.cat(kept)
+    return {"pruned": pruned.mean().item(), "kept": kept.mean().item() if kept.numel() else float("nan"),
+            "units_pruned": pruned.numel(), "units_kept": kept.numel()}
+
+
 def _layer_normalised(t: Tensor) -> Tensor:
     mean = t.mean()
     return t / mean if mean > 0 else torch.ones_like(t)

@@ -249,6 +249,12 @@ class Run:
             masks[0] = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
                                     threshold=cfg.threshold if cfg.threshold > 0 else None,
                                     round_to=cfg.round_to, min_keep=cfg.min_keep)
+            sens_file = self.dir / "sensitivity.json"
+            if sens_file.is_file():  # npdg: the style sensitivity of what goes vs what stays, for the report
+                from npdg.sensitivity import Sensitivity, pruned_vs_kept
+
+                self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(Sensitivity.load(sens_file),
+                                                                                masks[0])
         if self.ctx.world > 1:  # rank 0 decides, everyone compacts the same way
             torch.distributed.broadcast_object_list(masks, src=0)
         small = compact(model, {k: v.to(self.ctx.device) for k, v in masks[0].items()})

@@ -11,7 +11,7 @@ import torch
 
 from npdg.dsp.perturb import FeatureDSP
 from npdg.models import create_model
-from npdg.sensitivity import Sensitivity, compute_sensitivity, plot_sensitivity, sensitivity_weights
+from npdg.sensitivity import Sensitivity, compute_sensitivity, plot_sensitivity, pruned_vs_kept, sensitivity_weights
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -128,3 +128,13 @@ def test_validation_mode_and_persistence(tmp_path):
         torch.testing.assert_close(back.binary[g], sens.binary[g])
     plot_sensitivity(sens, tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pruned_vs_kept_means_downstream_groups_only():
+    w = {"up": torch.tensor([1.0, 1.0]), "b": torch.tensor([3.0, 1.0, 0.5, 0.5]), "c": torch.tensor([2.0, 0.0])}
+    sens = Sensitivity(unary=w, binary=w, weights=w, upstream=["up"])
+    masks = {"up": torch.tensor([0, 1]), "b": torch.tensor([0, 1, 1, 1]), "c": torch.tensor([0, 1]),
+             "other": torch.tensor([0, 0, 1])}  # a group without weights is ignored
+    out = pruned_vs_kept(sens, masks)
+    assert out == {"pruned": 2.5, "kept": 0.5, "units_pruned": 2, "units_kept": 4}
+    assert pruned_vs_kept(sens, {"b": torch.ones(4), "up": torch.tensor([0, 1])}) is None  # nothing removed downstream

@@ -77,6 +77,10 @@ def test_dsp_warmup_trains_the_first_steps_unperturbed(tmp_path):
     assert perturbed == {("train", 1): False, ("train", 2): False, ("train", 3): True, ("train", 4): True,
                          ("finetune", 1): True, ("finetune", 2): True}  # the warm-up is the train stage's
     assert all(r["dsp_recon"] > 0 for r in rows if "loss" in r)  # the D-VAE learns during the warm-up too
+    # the report says whether the prune removed the style-sensitive units (mean w of pruned vs kept)
+    pk = json.loads((out / "metrics.json").read_text())["final"]["sensitivity_pruned_vs_kept"]
+    assert pk["units_pruned"] > 0 and pk["units_kept"] > 0 and pk["pruned"] > 0 and pk["kept"] > 0
+    assert "style sensitivity (last pass, mean w): pruned units" in (out / "report.md").read_text()
 
 
 class _Interrupt(BaseException):
