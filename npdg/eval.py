@@ -5,7 +5,8 @@
     python -m npdg.eval --checkpoint ckpt.pt --data cityscapes:/data/cityscapes --sliding \\
         --window 512x1024 --stride 341x683 --device cuda
 
-The JSON is ``{SPEC: {"miou": percent, "per_class": {class: percent or null}}}``; null marks a class
+The JSON is ``{SPEC: {"miou": percent, "per_class": {class: percent or null}, "protocol": str,
+"sizes": [[H, W], ...]}}`` (the protocol and the input sizes the images were scored at); null marks a class
 with no ground-truth pixel (excluded from the mean, see :mod:`npdg.metrics`). From Python, the same
 numbers come from :func:`evaluate`, which the training CLI also calls.
 """
@@ -21,7 +22,8 @@ from tqdm import tqdm
 from npdg import cli
 from npdg.checkpoint import write_json
 from npdg.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
-from npdg.data.spec import KINDS, build_dataset, hw_arg
+from npdg.data.protocol import build_eval_dataset
+from npdg.data.spec import KINDS, hw_arg
 from npdg.metrics import ConfusionMatrix, format_table
 
 
@@ -90,6 +92,7 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
             raise ValueError("sliding-window evaluation needs a window (H, W)")
         stride = stride or (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX, device=device)
+    sizes = set()  # the (H, W) inputs were scored at: what a protocol promised, checked
     was_training = model.training
     model.eval()
     try:
@@ -97,7 +100,8 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
             groups = {}
             for image, label in batch:  # stack same-size samples
                 groups.setdefault(tuple(image.shape), []).append((image, label))
-            for items in groups.values():
+            for size, items in groups.items():
+                sizes.add(size[-2:])
                 images = torch.stack([i for i, _ in items]).to(device)
                 labels = torch.stack([lab for _, lab in items]).to(device)
                 logits = (sliding_logits(model, images, window, stride, num_classes) if sliding
@@ -107,7 +111,7 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
         model.train(was_training)
     if sharded:
         cm.all_reduce()
-    return cm.summary(class_names)
+    return {**cm.summary(class_names), "sizes": sorted([list(hw) for hw in sizes])}
 
 
 def build_parser():
@@ -123,7 +127,11 @@ def build_parser():
     p.add_argument("--json", type=Path,
                    help="write {SPEC: {miou: percent, per_class: {class: percent or null}}}")
     p.add_argument("--size", type=hw_arg, default=None,
-                   help="HxW: synthetic generation size (default 128x256); resize for on-disk data")
+                   help="HxW: synthetic generation size (default 128x256); for on-disk data a resize that replaces "
+                        "the dataset's protocol")
+    p.add_argument("--protocol", default=None, metavar="PROTOCOL",
+                   help="evaluation protocol for every SPEC, e.g. native, size:HxW, height:1536+crop:1536x1536, "
+                        "native+sliding:768x768/512x512 (default: the dataset's own; see npdg.data.protocol)")
     p.add_argument("--num", type=cli.int_at_least(1), default=None, help="synthetic scenes / first N on-disk samples")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
     p.add_argument("--batch-size", "--batch_size", type=cli.int_at_least(1), default=4)
@@ -141,13 +149,34 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.sliding and args.window is None:
         parser.error("--sliding needs --window HxW")
+    if args.protocol and args.size:
+        parser.error("--protocol and --size both set the evaluation size; give one")
     return cli.guard(parser.prog, args.debug, lambda: _run(args))
+
+
+def _protocol(spec, args):
+    """--protocol, else --size (a plain resize), else the dataset's default; --sliding adds its windows."""
+    import dataclasses
+
+    from npdg.data.protocol import Protocol, protocol_for
+    from npdg.data.synthetic import DEFAULT_SIZE
+
+    if args.protocol:
+        proto = Protocol.parse(args.protocol)
+    elif args.size:
+        proto = Protocol(size=tuple(args.size))
+    else:
+        proto = protocol_for(spec, eval_size=DEFAULT_SIZE)
+    if args.sliding:
+        proto = dataclasses.replace(proto, window=tuple(args.window), stride=args.stride and tuple(args.stride))
+    return proto
 
 
 def _run(args) -> int:
     # everything that can fail on user input happens before the (long) evaluation
     device = cli.resolve_device(args.device)
-    datasets = {spec: build_dataset(spec, split=args.split, size=args.size, num=args.num, seed=args.seed)
+    protocols = {spec: _protocol(spec, args) for spec in args.data}
+    datasets = {spec: build_eval_dataset(spec, protocols[spec], split=args.split, num=args.num, seed=args.seed)
                 for spec in args.data}
     import npdg
 
@@ -155,11 +184,11 @@ def _run(args) -> int:
     results = {}
     for spec, ds in datasets.items():
         results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=device,
-                                 sliding=args.sliding, window=args.window, stride=args.stride,
-                                 num_workers=args.workers, desc=spec)
+                                 num_workers=args.workers, desc=spec, **protocols[spec].eval_kwargs())
+        results[spec]["protocol"] = str(protocols[spec])
         miou = results[spec]["miou"]
         shown = "n/a (no labelled pixels)" if miou is None else f"{miou:.2f}%"
-        print(f"{spec}: mIoU {shown} over {len(ds)} images", file=sys.stderr)
+        print(f"{spec}: mIoU {shown} over {len(ds)} images (protocol {protocols[spec]})", file=sys.stderr)
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

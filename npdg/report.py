@@ -16,16 +16,26 @@ from npdg import checkpoint
 
 
 def _evaluate(model, val_sets, cfg, device) -> dict:
+    """{SPEC: evaluate() result}, each SPEC with its protocol (npdg.data.protocol; the datasets were built
+    for it by npdg.train.eval_datasets)."""
     from npdg.eval import evaluate
+    from npdg.train import eval_protocols
 
-    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=f"eval {spec}")
+    protocols = eval_protocols(cfg)
+    return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=f"eval {spec}",
+                           **protocols[spec].eval_kwargs())
             for spec, ds in val_sets.items()}
+
+
+def flops_size(cfg) -> tuple[int, int]:
+    """The input size FLOPs are counted at: eval_size on the embedded benchmark, the training crop otherwise."""
+    return tuple(cfg.eval_size) if cfg.source.startswith("synthetic:") else tuple(cfg.crop)
 
 
 def _entry(model, results, cfg) -> dict:
     from npdg.pruning import flops, params
 
-    return {"flops": flops(model, tuple(cfg.eval_size)), "params": params(model),
+    return {"flops": flops(model, flops_size(cfg)), "params": params(model),
             "miou": {spec: r["miou"] for spec, r in results.items()},
             "per_class": {spec: r["per_class"] for spec, r in results.items()}}
 
@@ -39,8 +49,13 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     device = ctx.device
     dense = npdg.load_model(run_dir / "dense.pt").to(device)
     dense_res = _evaluate(dense, val_sets, cfg, device)
+    from npdg.train import eval_protocols
+
+    h, w = flops_size(cfg)
     metrics = {"method": cfg.method, "model": cfg.model, "miou_unit": "percent",
-               "flops_unit": "FLOPs at eval_size, batch 1 (a multiply-add counts 2)",
+               "flops_unit": f"FLOPs at {h}x{w}, batch 1 (a multiply-add counts 2)",
+               "eval_protocol": {spec: str(p) for spec, p in eval_protocols(cfg).items()},
+               "eval_sizes": {spec: r["sizes"] for spec, r in dense_res.items()},
                "dense": _entry(dense, dense_res, cfg)}
     if cfg.prunes:
         final = npdg.load_model(run_dir / "final.pt").to(device)
