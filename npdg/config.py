@@ -41,7 +41,10 @@ class Config:
     targets: list[str] = field(default_factory=lambda: [
         "synthetic:night", "synthetic:fog", "synthetic:rain", "synthetic:snow", "synthetic:painted"])
     crop: tuple[int, int] = (96, 192)  # training crop H, W (synthetic scenes are generated at this size)
-    eval_size: tuple[int, int] = (96, 192)  # synthetic evaluation image size H, W
+    eval_size: tuple[int, int] = (96, 192)  # synthetic evaluation image size H, W (on-disk data: eval_protocol)
+    eval_protocol: list[str] = field(default_factory=list)  # KIND=PROTOCOL or SPEC=PROTOCOL overrides of the
+    #   per-dataset evaluation protocol (npdg.data.protocol: cityscapes/bdd100k/gta5/synthia whole image at native
+    #   size, mapillary height 1536 + centre crop 1536x1536, as RobustNet), e.g. cityscapes=native+sliding:768x768
     train_num: int = 2000  # synthetic training scenes (ignored for on-disk datasets)
     val_num: int = 60  # images per evaluated domain (synthetic) / cap for on-disk (0 = all)
 
@@ -139,6 +142,12 @@ class Config:
             raise ConfigError(f"optimizer={self.optimizer!r}: expected sgd or adamw")
         if self.dsp_level not in DSP_LEVELS:
             raise ConfigError(f"dsp_level={self.dsp_level!r}: expected one of {', '.join(DSP_LEVELS)}")
+        from npdg.data.protocol import ProtocolError, parse_overrides
+
+        try:
+            parse_overrides(self.eval_protocol)
+        except ProtocolError as exc:
+            raise ConfigError(f"eval_protocol: {exc}") from None
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self

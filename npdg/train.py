@@ -79,13 +79,21 @@ def train_dataset(cfg: Config):
                          transform=TrainAugment(crop=tuple(cfg.crop)))
 
 
-def eval_datasets(cfg: Config) -> dict:
-    """{SPEC: dataset} for the source val split and every target; built before training so a bad
-    SPEC or a missing folder fails in seconds, not after the run."""
-    from npdg.data import build_dataset
+def eval_protocols(cfg: Config) -> dict:
+    """{SPEC: Protocol} for the source val split and every target (npdg.data.protocol: on-disk data at the
+    literature's size for that dataset, synthetic domains rendered at eval_size; eval_protocol overrides)."""
+    from npdg.data.protocol import protocol_for
 
-    return {spec: build_dataset(spec, split="val", size=tuple(cfg.eval_size), num=cfg.val_num, seed=cfg.seed)
-            for spec in [cfg.source] + list(cfg.targets)}
+    return {spec: protocol_for(spec, cfg.eval_size, cfg.eval_protocol) for spec in [cfg.source] + list(cfg.targets)}
+
+
+def eval_datasets(cfg: Config) -> dict:
+    """{SPEC: dataset} for the source val split and every target, prepared for its protocol; built before
+    training so a bad SPEC or a missing folder fails in seconds, not after the run."""
+    from npdg.data.protocol import build_eval_dataset
+
+    return {spec: build_eval_dataset(spec, proto, split="val", num=cfg.val_num, seed=cfg.seed)
+            for spec, proto in eval_protocols(cfg).items()}
 
 
 # --- the method's loss terms -------------------------------------------------------------------------
