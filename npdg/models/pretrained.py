@@ -27,6 +27,10 @@ from npdg.models.mit import MixVisionTransformer
 _DROPPED_PREFIXES = ("fc.", "classifier.", "head.", "decode_head.", "auxiliary_head.")
 
 
+class PretrainedError(ValueError):
+    """A weights file that does not fit the model (another architecture or variant); names the file."""
+
+
 class PretrainedReport(NamedTuple):
     missing: list[str]
     unexpected: list[str]
@@ -108,9 +112,13 @@ def load_pretrained_backbone(model, path) -> PretrainedReport:
         if k in own and own[k].shape != v.shape
     ]
     if mismatched:
-        raise ValueError(
+        raise PretrainedError(
             f"{path}: pretrained shapes do not fit {type(backbone).__name__}: " + "; ".join(mismatched[:5])
         )
+    matched = sum(k in own for k in state)
+    if matched * 2 < len(own):  # a VGG file for a ResNet, an HF file of another family: almost nothing fits
+        raise PretrainedError(f"{path}: only {matched} of the {len(own)} tensors of {type(backbone).__name__} "
+                              "are in this file -- weights for another architecture?")
     result = backbone.load_state_dict(state, strict=False)
     report = PretrainedReport(
         # Gates have no pretrained value (they start at 1); old torchvision files lack BN counters.
