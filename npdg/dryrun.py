@@ -56,14 +56,18 @@ def check_data(cfg: Config) -> dict:
     labels (encoding); {SPEC: number of images}. Raises the loaders' one-line errors."""
     from npdg.train import eval_datasets, train_dataset
 
+    from npdg.data import DatasetError
+    from npdg.data.labels import IGNORE_INDEX
+
     train_set = train_dataset(cfg)
-    sizes = {f"{cfg.source} (train)": len(train_set)}
-    for spec, ds in eval_datasets(cfg).items():
-        sizes[spec] = len(ds)
-    for ds in [train_set]:
+    sets = {f"{cfg.source} (train)": train_set, **eval_datasets(cfg)}
+    for spec, ds in sets.items():
         for i in range(min(2, len(ds))):
-            ds.raw(i)  # DatasetError naming the file for a label in another encoding
-    return sizes
+            _, label = ds.raw(i)  # the loaders raise DatasetError naming the file for ids outside their encoding
+            if (label == IGNORE_INDEX).all():  # e.g. train-id PNGs where GTA5 label ids are expected
+                raise DatasetError(f"{spec}: no pixel of sample {ds.name(i)!r} maps to a class -- labels in "
+                                   "another encoding than this loader reads?")
+    return {spec: len(ds) for spec, ds in sets.items()}
 
 
 class _SavedBytes:
