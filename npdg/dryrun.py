@@ -92,8 +92,10 @@ class _SavedBytes:
         self._ctx.__exit__(*exc)
 
 
-def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=sys.stdout) -> dict:
-    """Run the checks and the measured steps; print the projection; return every number as a dict."""
+def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=None) -> dict:
+    """Run the checks and the measured steps; print the projection (to ``out``, default stdout); return every
+    number as a dict."""
+    out = out or sys.stdout
     from npdg.data.protocol import build_eval_dataset
     from npdg.eval import evaluate
     from npdg.loop import Context, batches
