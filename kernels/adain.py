@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from npdg.reference import DEFAULT_EPS, broadcast_style  # project-wide eps and broadcast rules
+from npdg.reference import DEFAULT_EPS, broadcast_style, check_stats  # project-wide eps and broadcast rules
 
 from .utils import cdiv, check_launchable, next_pow2, num_sms
 
@@ -187,6 +187,25 @@ def _adain_fwd_apply_kernel(X, Y, MEAN, STD, PMEAN, PM2, MU, RSTD, C, L, ncb, sp
         st = n * C + c64
         tl.store(MU + st, mu, mask=mask_c)
         tl.store(RSTD + st, rstd, mask=mask_c)
+
+
+@triton.jit
+def _adain_fwd_stats_kernel(X, Y, MEAN, STD, MU, RSTD, C, L, ncb, span,
+                            sxn, sxc, sxl, syn, syc, syl, smn, smc, ssn, ssc,
+                            BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Statistics given (mu, rstd of x, e.g. the caller's style_stats): normalize positions
+    [s*span, (s+1)*span) of each row -- one read of x, one write of y, no reduction."""
+    s = tl.program_id(1)
+    n, mask_c, c64 = _program_rows(C, ncb, BLOCK_C)
+    acc_ty = MU.dtype.element_ty
+    st = n * C + c64
+    mu = tl.load(MU + st, mask=mask_c, other=0.0)
+    rstd = tl.load(RSTD + st, mask=mask_c, other=0.0)
+    new_mean = tl.load(MEAN + n * smn + c64 * smc, mask=mask_c, other=0.0).to(acc_ty)
+    new_std = tl.load(STD + n * ssn + c64 * ssc, mask=mask_c, other=0.0).to(acc_ty)
+    lo = s * span
+    _normalize_rows(X, Y, MU, n * sxn + c64 * sxc, n * syn + c64 * syc, mask_c, sxl, syl,
+                    lo, tl.minimum(lo + span, L), mu, new_std * rstd, new_mean, BLOCK_C, BLOCK_L)
 
 
 @triton.jit
@@ -392,23 +411,38 @@ def _check_one_pass(cfg: AdaINConfig, hw: int) -> None:
 
 
 def adain_forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS, *,
-                  config: AdaINConfig | None = None, out: torch.Tensor | None = None):
+                  config: AdaINConfig | None = None, out: torch.Tensor | None = None,
+                  stats: tuple[torch.Tensor, torch.Tensor] | None = None):
     """(y, mu, rstd) for x (N, C, *spatial) and mean'/std' (N, C) of any strides.
 
     mu, rstd: (N, C) fp32 (fp64 for fp64 x) -- what backward needs. out: optional buffer for y.
+    stats: x's own (mu, sigma) = npdg.reference.style_stats(x, eps), already computed by the caller: the
+    kernel then only normalizes (one read of x, no reduction) and returns (mu, 1 / sigma).
     """
     n, c, hw = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mu = torch.empty((n, c), dtype=acc, device=x.device)  # every path writes every row
-    rstd = torch.empty_like(mu)
     x3 = _rows(x, n, c, hw)
     y, y3 = _out_rows(out, x3, x.shape, "adain_forward")
+    if stats is not None:
+        mu, rstd = given_stats(stats, x, acc)
+    else:
+        mu = torch.empty((n, c), dtype=acc, device=x.device)  # every path writes every row
+        rstd = torch.empty_like(mu)
     if x3.numel() == 0:  # no positions: undefined statistics, as in the reference
         return y, mu.fill_(float("nan")), rstd.fill_(float("nan"))
     check_launchable(_adain_fwd_kernel, x3, "adain_forward")
     cfg = config or adain_config(x3)
     ncb = cdiv(c, cfg.block_c)
     strides = (*x3.stride(), *y3.stride(), *mean.stride(), *std.stride())
+    if stats is not None:
+        span, splits = (hw, 1) if cfg.splits == 1 else _split_span(hw, cfg)
+        # No row is held in registers: stream whole-row (one_pass) tiles in _STREAM_TILE pieces (a 16 x 1024
+        # channels-last tile spilled on sm_90); a smaller power of two still divides a split's span.
+        block_l = min(cfg.block_l, max(1, _STREAM_TILE // cfg.block_c))
+        warps = cfg.num_warps if block_l == cfg.block_l else _num_warps(cfg.block_c * block_l)
+        _adain_fwd_stats_kernel[(n * ncb, splits)](x3, y3, mean, std, mu, rstd, c, hw, ncb, span, *strides,
+                                                   BLOCK_C=cfg.block_c, BLOCK_L=block_l, num_warps=warps)
+        return y, mu, rstd
     if cfg.splits == 1:
         _check_one_pass(cfg, hw)
         _adain_fwd_kernel[(n * ncb,)](x3, y3, mean, std, mu, rstd, c, hw, ncb, eps, *strides,
@@ -425,6 +459,13 @@ def adain_forward(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: f
                                   BLOCK_C=cfg.block_c, BLOCK_L=cfg.block_l, BLOCK_S=next_pow2(splits),
                                   num_warps=cfg.num_warps)
     return y, mu, rstd
+
+
+def given_stats(stats, x: torch.Tensor, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, rstd) (N, C) contiguous in acc from the caller's (mu, sigma) of x; detached: they are x's own
+    statistics, whose gradient the backward already carries analytically (dx's mean(dy), xhat terms)."""
+    mu, rstd = check_stats(stats, x)
+    return mu.detach().to(acc).contiguous(), rstd.detach().to(acc).reciprocal().contiguous()
 
 
 def adain_backward(dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, rstd: torch.Tensor,
@@ -471,8 +512,8 @@ class AdaINFunction(torch.autograd.Function):
     """AdaIN with gradients for x, mean and std. Saves x, mu, rstd, std (not y)."""
 
     @staticmethod
-    def forward(ctx, x, mean, std, eps=DEFAULT_EPS, config=None):
-        y, mu, rstd = adain_forward(x, mean, std, eps, config=config)
+    def forward(ctx, x, mean, std, eps=DEFAULT_EPS, config=None, stats=None):
+        y, mu, rstd = adain_forward(x, mean, std, eps, config=config, stats=stats)
         ctx.save_for_backward(x, mu, rstd, std)
         ctx.config = config
         ctx.dtypes = (mean.dtype, std.dtype)
@@ -486,14 +527,17 @@ class AdaINFunction(torch.autograd.Function):
         dx, dmean, dstd = adain_backward(dy, x, mu, rstd, std, config=ctx.config, need_dx=need_x)
         dmean = dmean.to(ctx.dtypes[0]) if need_mean else None
         dstd = dstd.to(ctx.dtypes[1]) if need_std else None
-        return dx, dmean, dstd, None, None
+        return dx, dmean, dstd, None, None, None
 
 
 def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS, *,
-          config: AdaINConfig | None = None) -> torch.Tensor:
+          config: AdaINConfig | None = None, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """AdaIN(x, mean', std') per (n, c) with the Triton kernels; x (N, C, *spatial) fp16/bf16/fp32/fp64.
 
     mean/std: (N, C), or broadcastable to it ((C,), (1, C), (N, C, 1, 1)). Differentiable in all three.
+    stats: optional (mu, sigma) of x itself (``npdg.reference.style_stats(x, eps)``, e.g. detached, as the
+    DSP hooks compute them anyway): the forward then skips its reduction. The gradient to x is the same
+    either way -- it includes the path through x's statistics -- so stats are taken as values only.
     """
     if x.dim() < 3:
         raise ValueError(f"adain expects x of shape (N, C, *spatial), got {tuple(x.shape)}")
@@ -501,4 +545,6 @@ def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = D
         raise TypeError(f"adain: x dtype {x.dtype} not supported (fp16, bf16, fp32, fp64)")
     mean = broadcast_style(mean, x, "mean")
     std = broadcast_style(std, x, "std")
-    return AdaINFunction.apply(x, mean, std, float(eps), config)
+    if stats is not None:
+        stats = tuple(t.detach() for t in check_stats(stats, x))
+    return AdaINFunction.apply(x, mean, std, float(eps), config, stats)

@@ -1,13 +1,14 @@
 """The only public door to NPDG's custom ops.
 
-    adain(x, mean, std, eps)        fused AdaIN style perturbation (autograd: x, mean, std)
-    style_sensitivity(acts)         (var, cov) of style deviations of acts (K, N, C, L)
+    adain(x, mean, std, eps, stats=None)   fused AdaIN style perturbation (autograd: x, mean, std)
+    style_sensitivity(acts)                (var, cov) of style deviations of acts (K, N, C, L)
     compact(src, out_index, in_index)
     compact_many(srcs, out_indices, in_indices)
 
 Dispatch:
 - adain / style_sensitivity run the Triton kernels (``npdg.kernels``) on CUDA tensors and the plain
-  PyTorch reference (``npdg.reference``) elsewhere. ``NPDG_KERNELS=reference|triton`` forces one;
+  PyTorch reference (``npdg.reference``) elsewhere; on CUDA only if the project's kernel modules import
+  (checked once: a failure gives a one-line notice and the reference). ``NPDG_KERNELS=reference|triton`` forces one;
   with ``TRITON_INTERPRET=1``, ``triton`` also runs on CPU tensors (slow, for correctness tests).
 - adain on CPU tensors (NPDG_KERNELS unset / ``auto``): the fused C++ op ``torch.ops.npdg.adain_forward``
   / ``adain_backward`` of the extension (``csrc/adain.cpp``) for contiguous fp32/fp64/bf16/fp16 x when
@@ -19,7 +20,9 @@ Dispatch:
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 
 import torch
 
@@ -30,22 +33,39 @@ _BACKENDS = ("auto", "reference", "triton")
 
 def kernel_backend(t: torch.Tensor) -> str:
     """Which implementation adain / style_sensitivity use for tensor t: 'triton' or 'reference'."""
+    return select_backend(t.device.type)
+
+
+def select_backend(device_type: str) -> str:
+    """The decision of kernel_backend for a tensor on a device of this type ('cpu', 'cuda', ...).
+
+    NPDG_KERNELS (read on every call): 'reference', 'triton' (CPU only with TRITON_INTERPRET=1), or
+    'auto' / unset: Triton on CUDA when the project's kernels (``npdg.kernels``) import, else the reference.
+    """
     choice = os.environ.get("NPDG_KERNELS", "auto").strip().lower() or "auto"
     if choice not in _BACKENDS:
         raise ValueError(f"NPDG_KERNELS={choice!r}: expected one of {', '.join(_BACKENDS)}")
     if choice == "reference":
         return "reference"
     if choice == "triton":
-        if not (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        if not (device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
             raise RuntimeError("NPDG_KERNELS=triton on a CPU tensor needs TRITON_INTERPRET=1")
         return "triton"
-    return "triton" if t.is_cuda and _triton_available() else "reference"
+    return "triton" if device_type == "cuda" and _kernels_available() else "reference"
 
 
-def _triton_available() -> bool:
+@functools.cache
+def _kernels_available() -> bool:
+    """Whether the project's Triton kernels import (checked once): `import triton` working is not enough
+    -- npdg.kernels may be missing from the install, or fail to import against this Triton."""
     try:
-        import triton  # noqa: F401
-    except ImportError:
+        import npdg.kernels.adain  # noqa: F401
+        import npdg.kernels.sensitivity  # noqa: F401
+    except Exception as exc:  # ImportError, or anything a kernel module raises while it is decorated
+        first_line = (str(exc).splitlines() or [""])[0]
+        warnings.warn(f"npdg: Triton kernels unavailable ({type(exc).__name__}: {first_line}); "
+                      "adain / style_sensitivity use the PyTorch reference (NPDG_KERNELS=auto).",
+                      RuntimeWarning, stacklevel=2)
         return False
     return True
 
@@ -73,18 +93,27 @@ def _has_cpu_kernel(op: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
 
 
-def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = reference.DEFAULT_EPS):
+def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = reference.DEFAULT_EPS, *,
+          stats: tuple[torch.Tensor, torch.Tensor] | None = None):
     """AdaIN(x, mean', std') = std' * (x - mu(x)) / sigma(x) + mean' per (n, c); mean/std are (N, C)
-    or broadcastable to it. Differentiable in x, mean and std (no double backward on the fused paths)."""
+    or broadcastable to it. Differentiable in x, mean and std (no double backward on the fused paths).
+
+    stats: optional (mu, sigma) = ``npdg.reference.style_stats(x, eps)`` that the caller already has
+    (detached is fine): values only -- the gradient to x still includes the path through x's statistics.
+    The Triton kernels then skip their reduction (one read of x); the reference uses them when no gradient
+    to x is recorded; the fused CPU op computes its own (its single-read forward does not take them).
+    """
     backend = adain_backend(x)
     if backend == "triton":
         from npdg.kernels import adain as _adain
 
-        return _adain.adain(x, mean, std, eps)
+        return _adain.adain(x, mean, std, eps, stats=stats)
     if backend == "cpp":
+        if stats is not None:
+            reference.check_stats(stats, x)  # the same contract on every path
         mean, std = reference.broadcast_style(mean, x, "mean"), reference.broadcast_style(std, x, "std")
         return torch.ops.npdg.adain_forward(x, mean, std, float(eps))[0]
-    return reference.adain(x, mean, std, eps)
+    return reference.adain(x, mean, std, eps, stats=stats)
 
 
 def style_sensitivity(acts: torch.Tensor, precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor]:

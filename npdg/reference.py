@@ -54,16 +54,41 @@ def broadcast_style(p: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor
     raise ValueError(f"adain: {name} of shape {tuple(p.shape)} does not broadcast to (N, C) = ({n}, {c})")
 
 
-def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+def check_stats(stats, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caller-given statistics (mu, sigma) of x as two (N, C) views (shape / device / dtype checked)."""
+    if not (isinstance(stats, (tuple, list)) and len(stats) == 2
+            and all(isinstance(t, torch.Tensor) for t in stats)):
+        raise TypeError("adain: stats must be a pair of tensors (mu, sigma) = style_stats(x, eps)")
+    n, c = x.shape[:2]
+    out = []
+    for name, t in zip(("mu", "sigma"), stats, strict=True):
+        if tuple(t.shape[:2]) != (n, c) or any(s != 1 for s in t.shape[2:]):
+            raise ValueError(f"adain: stats {name} of shape {tuple(t.shape)}, expected (N, C) = ({n}, {c})")
+        if t.device != x.device or not t.is_floating_point():
+            raise ValueError(f"adain: stats {name} must be floating point on {x.device}, got {t.dtype} on {t.device}")
+        out.append(t.reshape(n, c))
+    return out[0], out[1]
+
+
+def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = DEFAULT_EPS,
+          stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """AdaIN: std * (x - mu(x)) / sigma(x) + mean, per (n, c); output has x's dtype.
 
-    mean/std: (N, C) or broadcastable to it ((C,), (1, C), (N, C, 1, 1)).
+    mean/std: (N, C) or broadcastable to it ((C,), (1, C), (N, C, 1, 1)). stats: optional (mu, sigma) =
+    style_stats(x, eps) already computed by the caller, used as values when no gradient to x is recorded;
+    when one is, mu(x) and sigma(x) are recomputed in the graph so that the gradient through them flows.
     """
     mean, std = broadcast_style(mean, x, "mean"), broadcast_style(std, x, "std")
-    mu, sigma = style_stats(x, eps)
+    if stats is not None:
+        stats = check_stats(stats, x)
+    if stats is not None and not (torch.is_grad_enabled() and x.requires_grad):
+        acc = _acc_dtype(x)
+        mu, sigma = stats[0].detach().to(acc), stats[1].detach().to(acc)
+    else:
+        mu, sigma = style_stats(x, eps)
     acc = mu.dtype
     shape = mu.shape + (1,) * (x.dim() - 2)
-    y = (x.to(acc) - mu.view(shape)) / sigma.view(shape) * std.to(acc).view(shape) + mean.to(acc).view(shape)
+    y = (x.to(acc) - mu.reshape(shape)) / sigma.reshape(shape) * std.to(acc).view(shape) + mean.to(acc).view(shape)
     return y.to(x.dtype)
 
 

@@ -1,5 +1,8 @@
 """Which implementation npdg.ops picks, and its errors."""
 
+import sys
+import warnings
+
 import pytest
 import torch
 
@@ -62,3 +65,49 @@ def test_reference_adain_broadcasts_like_the_kernel(monkeypatch, shape):
 def test_reference_adain_rejects_bad_style_shape():
     with pytest.raises(ValueError, match=r"mean of shape \(4,\) does not broadcast"):
         ops.adain(torch.randn(2, 3, 4, 4), torch.zeros(4), torch.ones(2, 3))
+
+
+@pytest.fixture
+def fresh_kernel_check():
+    """ops._kernels_available is cached per process: start and leave every test with a fresh check."""
+    ops._kernels_available.cache_clear()
+    yield
+    ops._kernels_available.cache_clear()
+
+
+def test_auto_on_cuda_needs_the_project_kernels(monkeypatch, fresh_kernel_check):
+    """NPDG_KERNELS=auto picks Triton for a CUDA tensor only when npdg.kernels imports (no GPU needed:
+    the decision takes the device type). A failing import -> the reference, with one notice, cached."""
+    monkeypatch.delenv("NPDG_KERNELS", raising=False)
+    monkeypatch.setitem(sys.modules, "npdg.kernels.adain", None)  # `import npdg.kernels.adain` -> ImportError
+    with pytest.warns(RuntimeWarning, match="Triton kernels unavailable.*ModuleNotFoundError"):
+        assert ops.select_backend("cuda") == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the notice comes once: the result is cached
+        assert ops.select_backend("cuda") == "reference"
+    assert ops.select_backend("cpu") == "reference"
+    monkeypatch.setenv("NPDG_KERNELS", "triton")  # forcing still forces (and then fails loudly on use)
+    assert ops.select_backend("cuda") == "triton"
+
+
+def test_auto_on_cuda_any_import_error(monkeypatch, fresh_kernel_check):
+    """Not only ImportError: whatever a kernel module raises while it is imported selects the reference."""
+    monkeypatch.delenv("NPDG_KERNELS", raising=False)
+
+    class Boom:
+        def find_spec(self, name, path=None, target=None):
+            if name == "npdg.kernels.sensitivity":
+                raise AttributeError("triton.language has no attribute 'dot'")
+            return None
+
+    monkeypatch.delitem(sys.modules, "npdg.kernels.sensitivity", raising=False)  # restored afterwards
+    monkeypatch.setattr(sys, "meta_path", [Boom(), *sys.meta_path])
+    with pytest.warns(RuntimeWarning, match="AttributeError"):
+        assert ops.select_backend("cuda") == "reference"
+
+
+def test_auto_on_cuda_with_the_project_kernels(monkeypatch, fresh_kernel_check):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("NPDG_KERNELS", raising=False)
+    assert ops.select_backend("cuda") == "triton"
+    assert ops.select_backend("cpu") == "reference"

@@ -171,8 +171,9 @@ class FeatureDSP(nn.Module):
 
     def restyle(self, f: torch.Tensor, xi: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
         """AdaIN of features f (n, C, ...) to the D-VAE styles of their own statistics, xi and delta."""
-        new_mean, new_std = self.styles(*style_stats(f.detach()), xi, delta)
-        return ops.adain(f, new_mean.to(f.dtype), new_std.to(f.dtype))
+        stats = style_stats(f.detach())  # also AdaIN's own statistics of f: passed on, not recomputed
+        new_mean, new_std = self.styles(*stats, xi, delta)
+        return ops.adain(f, new_mean.to(f.dtype), new_std.to(f.dtype), stats=stats)
 
     @torch.no_grad()
     def step_lengths(self, z: torch.Tensor, direction: torch.Tensor, spreads: float) -> torch.Tensor:
@@ -201,7 +202,8 @@ class FeatureDSP(nn.Module):
         rand_device = generator.device if generator is not None else device
         xi = torch.randn(n, latent, generator=generator, device=rand_device).to(device)
         v = torch.randn(n, 2 * self.dvae.channels, generator=generator, device=rand_device).to(device)
-        z = self.posterior(*style_stats(f.detach()), xi)
+        stats = style_stats(f.detach())
+        z = self.posterior(*stats, xi)
         # The latent direction that moves the style most towards a random style direction v (J^T v):
         # uniform latent directions mostly fall into dims the decoder ignores and barely move the style.
         with torch.enable_grad(), torch.autocast(device.type, enabled=False):
@@ -209,7 +211,7 @@ class FeatureDSP(nn.Module):
             (u,) = torch.autograd.grad(self.dvae.decoder(zg), zg, grad_outputs=v)
         u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
         delta = self.step_lengths(z, u, self.reach)[:, None] * u
-        return ops.adain(f, *(s.to(f.dtype) for s in self.decode(z + delta)))
+        return ops.adain(f, *(s.to(f.dtype) for s in self.decode(z + delta)), stats=stats)
 
     def adversarial_delta(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, xi: torch.Tensor,
                           loss_fn=cross_entropy, autocast=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -241,11 +243,12 @@ class FeatureDSP(nn.Module):
         n = xi.shape[0]
 
         def hook(f):
-            z = self.posterior(*style_stats(f[:n].detach()), xi)
+            stats = style_stats(f[:n].detach())
+            z = self.posterior(*stats, xi)
             if z0 is not None:
                 z0["z"] = z
             new_mean, new_std = self.decode(z if delta is None else z + delta)
-            restyled = ops.adain(f[:n].detach(), new_mean.to(f.dtype), new_std.to(f.dtype))
+            restyled = ops.adain(f[:n].detach(), new_mean.to(f.dtype), new_std.to(f.dtype), stats=stats)
             return torch.cat([restyled, f[n:].detach()])
 
         with perturbation(model, hook), autocast or nullcontext():
@@ -287,7 +290,8 @@ class FeatureDSP(nn.Module):
             if n > 0:
                 with torch.no_grad():  # styles before the D-VAE loss, which moves the standardiser
                     new_mean, new_std = self.styles(mean[:n], std[:n], xi, delta)
-                f = torch.cat([ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype)), f[n:]])
+                restyled = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n], std[:n]))
+                f = torch.cat([restyled, f[n:]])
             with torch.autocast(f.device.type, enabled=False):
                 dvae_out["loss"] = self.dvae.loss(mean, std, beta=self.beta)
             return f
