@@ -54,10 +54,9 @@ def _device(cfg: Config) -> tuple[torch.device, str]:
 def check_data(cfg: Config) -> dict:
     """Build the training set and every evaluation set (roots, split files) and decode the first samples'
     labels (encoding); {SPEC: number of images}. Raises the loaders' one-line errors."""
-    from npdg.train import eval_datasets, train_dataset
-
     from npdg.data import DatasetError
     from npdg.data.labels import IGNORE_INDEX
+    from npdg.train import eval_datasets, train_dataset
 
     train_set = train_dataset(cfg)
     sets = {f"{cfg.source} (train)": train_set, **eval_datasets(cfg)}
@@ -118,7 +117,8 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=None) -> 
         workers=min(cfg.workers, os.cpu_count() or 1), device=str(device), out="", eval_every=0)
     ctx = Context(small, device)
     model = model.to(device)
-    result: dict = {"parameters": sum(p.numel() for p in model.parameters()), "device": str(device), "batch": b, "config_batch": cfg.batch_size, "crop": list(cfg.crop),
+    result: dict = {"parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
+                    "batch": b, "config_batch": cfg.batch_size, "crop": list(cfg.crop),
                     "images": counts, "method": cfg.method, "model": cfg.model}
     with tempfile.TemporaryDirectory(prefix="npdg-dry-run-") as tmp:
         run = Run(small, Path(tmp), ctx)
@@ -174,8 +174,8 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=None) -> 
         for spec, proto in eval_protocols(cfg).items():
             ds = build_eval_dataset(spec, proto, split="val", num=1, seed=cfg.seed)
             t = time.perf_counter()
-            r = evaluate(small_model, torch.utils.data.Subset(ds, [0]), batch_size=1, device=device, progress=False,
-                         **proto.eval_kwargs())
+            r = evaluate(small_model, torch.utils.data.Subset(ds, [0]), batch_size=1, device=device,
+                         progress=False, **proto.eval_kwargs())
             eval_s[spec] = {"seconds_per_image": time.perf_counter() - t, "protocol": str(proto),
                             "size": r["sizes"][0]}
         result["eval"] = eval_s
@@ -232,7 +232,8 @@ def _print(cfg: Config, r: dict, out) -> None:
                  f"{'bf16 autocast' if cfg.amp and 'cuda' in r['device'] else 'fp32'})")
     scaled = f", times scaled x{cfg.batch_size / r['batch']:.0f} from batch {r['batch']}" \
         if cfg.batch_size != r["batch"] else ""
-    lines.append(f"  budget on this device{scaled}: train {cfg.iters} x {r['train_step_s']:.2f} s = {_fmt_s(p['train'])}"
+    lines.append(f"  budget on this device{scaled}: train {cfg.iters} x {r['train_step_s']:.2f} s = "
+                 f"{_fmt_s(p['train'])}"
                  + (f" + sensitivity {_fmt_s(p['sensitivity'])}" if p["sensitivity"] else "")
                  + (f" + fine-tune {cfg.finetune_iters} steps {_fmt_s(p['finetune'])}" if p["finetune"] else "")
                  + f" + evaluation {_fmt_s(p['evaluate'])} = {_fmt_s(p['total'])}")

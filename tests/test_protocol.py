@@ -71,7 +71,7 @@ def test_training_run_scores_each_spec_with_its_protocol(tmp_path):
     out = tmp_path / "run"
     main(["--method=erm", "--iters=2", "--train_num=4", "--val_num=2", "--crop=32x64", "--eval_size=32x64",
           "--workers=0", "--batch_size=2", f"--targets=folder:{tmp_path / 'fog'},synthetic:night",
-          f"--eval_protocol=synthetic:night=size:24x48", "--out", str(out)])
+          "--eval_protocol=synthetic:night=size:24x48", "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     folder = f"folder:{tmp_path / 'fog'}"
     assert metrics["eval_protocol"] == {"synthetic:source": "size:32x64", folder: "native",
