@@ -135,7 +135,8 @@ if __name__ == "__main__":
     ext_modules, cmdclass = _extensions()
 
     setup(
-        packages=find_packages(include=["npdg", "npdg.*"]) + ["npdg.kernels"],
+        # npdg.presets holds only YAML files (package data, see pyproject.toml); kernels/ installs as npdg.kernels
+        packages=find_packages(include=["npdg", "npdg.*"]) + ["npdg.presets", "npdg.kernels"],
         package_dir={"npdg.kernels": "kernels"},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

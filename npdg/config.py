@@ -82,7 +82,7 @@ class Config:
     adv_step_size: float = 2.0  # each ascent step moves the decoded style this many source spreads
     eps_scale: float = 1.0  # std of the initial eps; >1 samples styles further from the source
     generator: str = ""  # image level: generator.pt from `python -m npdg.dsp train`
-    encoder_weights: str = ""  # image level without --generator: VGG weights for a new generator
+    encoder_weights: str = ""  # image level: the generator's VGG encoder weights when its recorded file moved
 
     # --- sensitivity (npdg): which units react to style
     lam: float = 0.4  # w = lam * unary + (1 - lam) * binary; 1 = unary only, 0 = binary only
@@ -97,7 +97,8 @@ class Config:
     data_timeout: int = 300  # seconds a worker may take for one batch before the run stops (0 = no limit)
     seed: int = 0
     log_every: int = 20  # iterations between log lines
-    eval_every: int = 0  # iterations between source-val evaluations (0 = only at the end)
+    eval_every: int = 0  # steps between source-val mIoU evaluations in train/finetune (val_miou rows of
+    #   train_log.jsonl; rank 0); 0 = only at the end
     out: str = ""  # run directory ("" = runs/<method>-<model>-<timestamp>)
     ckpt_every: int = 100  # steps between resumable checkpoints (checkpoint.pt) inside a stage
     skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient to skip (logged) before stopping
@@ -155,11 +156,36 @@ class Config:
     def check_files(self) -> None:
         """The files this run reads exist (checked by the trainer before any work; presets name paths
         that only exist on the user's machine, so validate() does not)."""
-        for name in ("generator", "pretrained"):
+        for name in ("generator", "pretrained", "encoder_weights"):
             if getattr(self, name) and not Path(getattr(self, name)).is_file():
                 raise FileNotFoundError(f"{name}: file not found: {getattr(self, name)}")
         if self.uses_dsp and self.dsp_level == "image" and not self.generator:
             raise ConfigError("dsp_level=image needs --generator PATH (train one with `python -m npdg.dsp train`)")
+        self.check_device()
+
+    def check_device(self) -> None:
+        """amp=true on a CUDA device without native bf16 (compute capability < 8.0: emulated bf16 is slower
+        than fp32) is a ConfigError naming the key; on CPU amp is ignored (the trainer says so once). A device
+        that does not exist is left to the trainer's own device check."""
+        import os
+
+        import torch
+
+        cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+        if not (self.amp and cuda and torch.cuda.is_available()) or torch.version.hip:  # ROCm: bf16 everywhere
+            return
+        try:
+            index = torch.device(self.device if self.device != "auto" else "cuda").index
+        except RuntimeError:
+            return
+        if index is None:  # the device a run on "cuda" uses (torchrun: its local rank)
+            index = int(os.environ.get("LOCAL_RANK", "0"))
+        if index >= torch.cuda.device_count():
+            return
+        props = torch.cuda.get_device_properties(index)  # (no CUDA context is created)
+        if props.major < 8:
+            raise ConfigError(f"amp=true: bf16 autocast needs a CUDA device of compute capability >= 8.0; "
+                              f"{props.name} (cuda:{index}) is {props.major}.{props.minor}: drop --amp")
 
     @property
     def prunes(self) -> bool:

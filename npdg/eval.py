@@ -69,7 +69,7 @@ def _collate(samples):
 @torch.no_grad()
 def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, window=None, stride=None,
              num_workers=0, num_classes=NUM_CLASSES, class_names=CLASSES, progress=True, desc=None,
-             distributed=False):
+             distributed=False, amp=False):
     """mIoU of ``model`` on ``dataset`` -> {"miou": percent, "per_class": {name: percent or None}}.
 
     ``dataset`` yields (normalized image (3, H, W), int64 label (H, W), 255 = ignore), e.g. from
@@ -78,8 +78,11 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
     EVERY rank of an initialised torch.distributed group calls this): each rank evaluates every
     world_size-th sample and the confusion matrices are summed, so all ranks return the full result;
     the default evaluates the whole dataset locally with no collective (safe to call on rank 0 only).
-    The model's train/eval mode is restored afterwards.
+    ``amp=True`` runs the forward under bf16 autocast on a CUDA device (ignored on CPU; see
+    :func:`npdg.loop.amp_autocast`). The model's train/eval mode is restored afterwards.
     """
+    from npdg.loop import amp_autocast
+
     device = torch.device(device)
     dist = torch.distributed
     sharded = distributed and dist.is_available() and dist.is_initialized()
@@ -104,8 +107,9 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
                 sizes.add(size[-2:])
                 images = torch.stack([i for i, _ in items]).to(device)
                 labels = torch.stack([lab for _, lab in items]).to(device)
-                logits = (sliding_logits(model, images, window, stride, num_classes) if sliding
-                          else _logits(model, images))
+                with amp_autocast(device, amp):
+                    logits = (sliding_logits(model, images, window, stride, num_classes) if sliding
+                              else _logits(model, images))
                 cm.update(logits.argmax(1), labels)
     finally:
         model.train(was_training)

@@ -3,13 +3,19 @@
 A stage hands :func:`fit` a ``loss_fn(net, step, images, labels) -> (loss, logs)``; the method's loss
 terms (DSP, sparsity) live beside their parts (``npdg.dsp``, ``npdg.pruning``, ``npdg.sensitivity``)
 and are composed in ``npdg.train``.
+
+AMP (``cfg.amp``): fit() runs loss_fn (forward + loss) under :func:`autocast`, bf16 on CUDA (no GradScaler:
+bf16 has fp32's exponent range); the parts that need fp32 (the D-VAE, the sensitivity pass, the
+segmentation loss) opt out with ``torch.autocast(..., enabled=False)`` where they run. On CPU amp is ignored.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +57,26 @@ class Context:
         for t in tensors:
             torch.distributed.all_reduce(t)
             t.div_(self.world)
+
+
+def amp_autocast(device, amp: bool):
+    """The autocast context of a forward pass: bf16 autocast on a CUDA device when ``amp``, else a null
+    context (amp is ignored on CPU; see :func:`announce_amp`). A fresh context manager per call."""
+    if amp and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def autocast(ctx: Context):
+    """:func:`amp_autocast` for this run's device and cfg.amp (used by fit and, via evaluate(amp=...), eval)."""
+    return amp_autocast(ctx.device, ctx.cfg.amp)
+
+
+def announce_amp(ctx: Context) -> None:
+    """One stderr line (rank 0) when amp is asked for on a device where it is ignored; called once per run."""
+    if ctx.cfg.amp and ctx.device.type != "cuda" and ctx.main:
+        print(f"npdg: amp=true is ignored on {ctx.device.type} (bf16 autocast runs on CUDA only): training and "
+              "evaluating in fp32", file=sys.stderr)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -121,12 +147,14 @@ def poly(total: int, power: float):
 
 
 def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: int, start: int = 0,
-        extra_opts=(), sync_params=(), checkpoint=None) -> None:
+        extra_opts=(), sync_params=(), checkpoint=None, evaluate_fn=None) -> None:
     """Run steps start+1 .. iters of a stage.
 
-    loss_fn(net, step, images, labels) -> (loss tensor, {name: float}); ``extra_opts`` step together with
-    ``opt`` (e.g. the D-VAE's); ``sync_params``: parameters outside the DDP module whose gradients are
-    averaged across ranks by hand; ``checkpoint(step)`` is called every cfg.ckpt_every steps (rank 0).
+    loss_fn(net, step, images, labels) -> (loss tensor, {name: float}), run under :func:`autocast`;
+    ``extra_opts`` step together with ``opt`` (e.g. the D-VAE's); ``sync_params``: parameters outside the
+    DDP module whose gradients are averaged across ranks by hand; ``checkpoint(step)`` is called every
+    cfg.ckpt_every steps (rank 0); ``evaluate_fn(step) -> mIoU (percent) or None`` every cfg.eval_every
+    steps (rank 0 only; 0 = never), logged as {"stage", "step", "val_miou"} before that step's checkpoint.
     """
     cfg = ctx.cfg
     if start >= iters:
@@ -134,14 +162,16 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
     net = ctx.wrap(model)
     stream = batches(dataset, ctx, start)
     losses = ctx.history["losses"].setdefault(stage, [])
-    seen, t0 = 0, time.perf_counter()
+    seen, t0, evaluating = 0, time.perf_counter(), 0.0  # (evaluating: seconds in evaluate_fn, not in the rates)
     bar = tqdm(range(start + 1, iters + 1), initial=start, total=iters, desc=f"{stage} · {cfg.method} {cfg.model}",
                disable=not ctx.main, dynamic_ncols=True)
+    postfix = {}
     model.train()
     window, skipped = [], 0
     for step in bar:
         images, labels = next(stream)
-        loss, logs = loss_fn(net, step, images, labels)
+        with autocast(ctx):
+            loss, logs = loss_fn(net, step, images, labels)
         value = loss.item()
         opt.zero_grad(set_to_none=True)
         for o in extra_opts:
@@ -169,7 +199,7 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
         seen += images.shape[0] * ctx.world
         window.append(value)
         if ctx.main and (step % cfg.log_every == 0 or step == iters):
-            rate = seen / (time.perf_counter() - t0)
+            rate = seen / (time.perf_counter() - t0 - evaluating)
             row = {"stage": stage, "step": step, "loss": sum(window) / len(window),
                    "lr": sched.get_last_lr()[0], "img_per_s": rate, **logs}
             losses.append([step, row["loss"]])
@@ -177,9 +207,20 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
             if ctx.log is not None:
                 ctx.log.write(json.dumps(row) + "\n")
                 ctx.log.flush()
-            bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
+            postfix.update(loss=f"{row['loss']:.3f}", img_s=f"{rate:.1f}")
+            bar.set_postfix(postfix)
+        if evaluate_fn is not None and ctx.main and cfg.eval_every and step % cfg.eval_every == 0:
+            t_eval = time.perf_counter()
+            miou = evaluate_fn(step)
+            evaluating += time.perf_counter() - t_eval
+            ctx.history.setdefault("val_miou", {}).setdefault(stage, []).append([step, miou])
+            if ctx.log is not None:
+                ctx.log.write(json.dumps({"stage": stage, "step": step, "val_miou": miou}) + "\n")
+                ctx.log.flush()
+            postfix["val_miou"] = "n/a" if miou is None else f"{miou:.2f}"
+            bar.set_postfix(postfix)
         if checkpoint is not None and step % cfg.ckpt_every == 0 and step < iters:
             checkpoint(step)
     elapsed = time.perf_counter() - t0
     ctx.history["seconds"][stage] = ctx.history["seconds"].get(stage, 0.0) + elapsed
-    ctx.history["images_per_s"][stage] = seen / max(elapsed, 1e-9)
+    ctx.history["images_per_s"][stage] = seen / max(elapsed - evaluating, 1e-9)

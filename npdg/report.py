@@ -23,7 +23,7 @@ def _evaluate(model, val_sets, cfg, device) -> dict:
 
     protocols = eval_protocols(cfg)
     return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=f"eval {spec}",
-                           **protocols[spec].eval_kwargs())
+                           amp=cfg.amp, **protocols[spec].eval_kwargs())
             for spec, ds in val_sets.items()}
 
 

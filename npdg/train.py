@@ -40,7 +40,7 @@ import npdg
 from npdg import checkpoint, cli
 from npdg.config import Config, load_config
 from npdg.dsp.perturb import cross_entropy  # the one segmentation loss (ignore index 255), DSP's default too
-from npdg.loop import Context, fit, poly
+from npdg.loop import Context, announce_amp, fit, poly
 from npdg.serialization import model_from_payload, model_payload, save_model
 
 STAGES = {
@@ -108,6 +108,7 @@ class Recipe:
         self.weights = None  # npdg: {group: w (size,)} from the last sensitivity pass
         self.last_sensitivity = None  # the Sensitivity behind self.weights (saved with dense.pt)
         self.sens_dsp = None  # image level: the feature-level D-VAE that makes sensitivity's styles
+        announce_amp(ctx)  # (once per run: the run builds one Recipe)
         if self.cfg.uses_dsp:
             self.attach_dsp(model)
 
@@ -116,7 +117,7 @@ class Recipe:
         if cfg.dsp_level == "image":
             from npdg.dsp.generator import load_generator
 
-            self.dsp = load_generator(cfg.generator).to(self.ctx.device)
+            self.dsp = load_generator(cfg.generator, encoder_weights=cfg.encoder_weights or None).to(self.ctx.device)
             self.dsp.requires_grad_(False)
             return
         from npdg.dsp.perturb import FeatureDSP
@@ -134,19 +135,26 @@ class Recipe:
     def sync_params(self):
         return list(self.dsp.parameters()) if self.dsp_opt is not None else []
 
+    @staticmethod
+    def seg_loss(logits, labels):
+        """The segmentation loss, in fp32 also under amp (fit runs the step under bf16 autocast)."""
+        with torch.autocast(logits.device.type, enabled=False):
+            return cross_entropy(logits.float(), labels)
+
     def task_loss(self, net, model, images, labels, clean: bool = False):
         """clean: a DSP warm-up step (no sample restyled; the feature-level D-VAE still learns the styles)."""
         cfg = self.cfg
         if self.dsp is None:
-            return cross_entropy(net(images), labels), {}
+            return self.seg_loss(net(images), labels), {}
         p = 0.0 if clean else cfg.dsp_p
         if cfg.dsp_level == "image":
             from npdg.dsp.generator import image_task_loss
 
-            return image_task_loss(self.dsp, net, images, labels, cross_entropy, p=p,
-                                   adv_steps=cfg.adv_steps, adv_step_size=cfg.adv_step_size,
-                                   eps_scale=cfg.eps_scale)
-        return self.dsp.task_loss(net, model, images, labels, cross_entropy, p=p)
+            with torch.autocast(images.device.type, enabled=False):  # the frozen generator and its D-VAE: fp32
+                return image_task_loss(self.dsp, net, images, labels, self.seg_loss, p=p,
+                                       adv_steps=cfg.adv_steps, adv_step_size=cfg.adv_step_size,
+                                       eps_scale=cfg.eps_scale)
+        return self.dsp.task_loss(net, model, images, labels, self.seg_loss, p=p)  # (its D-VAE runs in fp32)
 
     def refresh_sensitivity(self, model, images) -> None:
         from npdg.dsp.perturb import FeatureDSP
@@ -159,8 +167,10 @@ class Recipe:
                 self.sens_dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
                                            adv_step_size=cfg.adv_step_size).to(self.ctx.device)
             dsp = self.sens_dsp
-        sens = compute_sensitivity(model, images[: cfg.sens_batch], dsp, k=cfg.sens_k, lam=cfg.lam,
-                                   precision=cfg.sens_precision)
+        # fp32 under amp too: the scores are variances across styles, which bf16 rounding would swamp
+        with torch.autocast(self.ctx.device.type, enabled=False):
+            sens = compute_sensitivity(model, images[: cfg.sens_batch].float(), dsp, k=cfg.sens_k, lam=cfg.lam,
+                                       precision=cfg.sens_precision)
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights
         self.last_sensitivity = sens
@@ -235,9 +245,21 @@ class Run:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["scheduler"])
             start = resume["step"]
+        evaluate_fn = None
+        if cfg.eval_every and self.ctx.main:  # source val mIoU every eval_every steps (rank 0; the others wait)
+            from npdg.eval import evaluate
+
+            device, protocol = self.ctx.device, eval_protocols(cfg)[cfg.source]
+
+            def evaluate_fn(step):
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's
+                    return evaluate(model, self.val_sets[cfg.source], batch_size=cfg.batch_size,  # RNG untouched
+                                    device=device, progress=False, amp=cfg.amp, **protocol.eval_kwargs())["miou"]
+
         fit(self.ctx, stage, model, self.train_set, loss_fn, opt, sched, iters, start,
             extra_opts=recipe.extra_opts, sync_params=recipe.sync_params,
-            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, recipe))
+            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, recipe),
+            evaluate_fn=evaluate_fn)
 
     def stage_train(self, model, recipe, resume):
         cfg = self.cfg
@@ -251,21 +273,27 @@ class Run:
     def stage_prune(self, model, recipe):
         from npdg.pruning import compact, select_masks
 
-        cfg = self.cfg
-        masks = [None]
-        if self.ctx.main:
-            masks[0] = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
-                                    threshold=cfg.threshold if cfg.threshold > 0 else None,
-                                    round_to=cfg.round_to, min_keep=cfg.min_keep)
+        cfg, ctx = self.cfg, self.ctx
+        # rank 0 decides, everyone compacts the same way: every rank holds the same model, hence the same
+        # groups in the same order; rank 0's masks travel as one flat uint8 tensor in that order
+        groups = [(g.name, g.size) for g in model.prunable_units()]
+        flat = torch.zeros(sum(size for _, size in groups), dtype=torch.uint8, device=ctx.device)
+        if ctx.main:
+            chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
+                                  threshold=cfg.threshold if cfg.threshold > 0 else None,
+                                  round_to=cfg.round_to, min_keep=cfg.min_keep)
+            flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
             sens_file = self.dir / "sensitivity.json"
             if sens_file.is_file():  # npdg: the style sensitivity of what goes vs what stays, for the report
                 from npdg.sensitivity import Sensitivity, pruned_vs_kept
 
                 self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(Sensitivity.load(sens_file),
-                                                                                masks[0])
-        if self.ctx.world > 1:  # rank 0 decides, everyone compacts the same way
-            torch.distributed.broadcast_object_list(masks, src=0)
-        small = compact(model, {k: v.to(self.ctx.device) for k, v in masks[0].items()})
+                                                                                chosen)
+        if ctx.world > 1:
+            torch.distributed.broadcast(flat, src=0)
+        masks = dict(zip((name for name, _ in groups), flat.bool().split([size for _, size in groups]),
+                         strict=True))
+        small = compact(model, masks)
         if recipe.dsp is not None and cfg.dsp_level == "feature" and small.style_channels != model.style_channels:
             recipe.attach_dsp(small)  # the perturbed layer itself was pruned (VGG): a fresh D-VAE
         return small
@@ -374,16 +402,27 @@ def main(argv: list[str] | None = None) -> dict:
                                "see npdg/config.py for keys and defaults.")
     parser.add_argument("--config", help="YAML file of config keys")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its own config")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                        help="check every file the config names, run a few real steps of every stage on this "
+                             "machine and print what the full budget will cost (see npdg.dryrun); writes nothing")
+    parser.add_argument("--dry_run_batch", type=cli.int_at_least(2), default=None, metavar="N",
+                        help="batch of the dry run's steps (default: the config's on CUDA, 2 on CPU)")
     cli.add_debug(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.resume and (args.config or overrides):
         parser.error("--resume continues a run with the config it was started with; drop the other options")
+    if args.resume and args.dry_run:
+        parser.error("--dry_run checks a new run's config; it does not combine with --resume")
 
     def run():
         cfg = None
         if not args.resume:
             cfg = load_config(args.config, overrides)
             cfg.check_files()
+            if args.dry_run:
+                from npdg.dryrun import dry_run
+
+                return dry_run(cfg, batch=args.dry_run_batch)
         return train(cfg, args.resume)
 
     result = cli.guard(parser.prog, args.debug, run)
