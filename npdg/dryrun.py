@@ -91,7 +91,7 @@ class _SavedBytes:
         self._ctx.__exit__(*exc)
 
 
-def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=None) -> dict:
+def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> dict:
     """Run the checks and the measured steps; print the projection (to ``out``, default stdout); return every
     number as a dict."""
     out = out or sys.stdout
@@ -124,15 +124,14 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=None) -> 
         run = Run(small, Path(tmp), ctx)
         run.train_set = train_dataset(small)
         recipe = Recipe(ctx, model)
-        calls, sens_s = [], []
+        sens_s = []
         sparse_loss_fn = recipe.sparse_loss_fn
 
         def timed_loss_fn(m):
             inner = sparse_loss_fn(m)
 
             def loss_fn(net, step, images, labels):
-                calls.append(time.perf_counter())
-                if step == 2:  # the activation memory of one real step of this recipe
+                if step == steps:  # the activation memory of one real step of this recipe
                     with _SavedBytes() as saved:
                         res = inner(net, step, images, labels)
                     result["activation_bytes"] = saved.total
@@ -149,15 +148,14 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 3, out=None) -> 
 
         recipe.sparse_loss_fn, recipe.refresh_sensitivity = timed_loss_fn, timed_refresh
         run.stage_train(model, recipe, None)
-        steps_s = [b_ - a for a, b_ in zip(calls, calls[1:], strict=False)]
-        result["train_step_s"] = min(steps_s[1:] or steps_s)  # step 1 pays one-off costs (kernels, workers)
-        result["first_step_s"] = steps_s[0] if steps_s else None
         result["sensitivity_s"] = sens_s[0] if sens_s else 0.0
+        steps_s = ctx.history["step_seconds"]["train"]
+        result["first_step_s"] = steps_s[0]  # one-off costs (kernel compilation, workers) + the sensitivity pass
+        result["train_step_s"] = min(steps_s[1:] or [steps_s[0] - result["sensitivity_s"]])
         if cfg.prunes:
             small_model = run.stage_prune(model, recipe)
-            t = time.perf_counter()
             run.stage_finetune(small_model, recipe, None)
-            result["finetune_step_s"] = time.perf_counter() - t
+            result["finetune_step_s"] = ctx.history["step_seconds"]["finetune"][-1]
             result["final_params_fraction"] = params(small_model) / params(model)
         else:
             small_model = model

@@ -167,8 +167,9 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
                disable=not ctx.main, dynamic_ncols=True)
     postfix = {}
     model.train()
-    window, skipped = [], 0
+    window, skipped, durations = [], 0, []  # durations: wall seconds of the last steps (data wait included)
     for step in bar:
+        step_start = time.perf_counter()
         images, labels = next(stream)
         with autocast(ctx):
             loss, logs = loss_fn(net, step, images, labels)
@@ -196,6 +197,7 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
         for o in extra_opts:
             o.step()
         sched.step()
+        durations = durations[-7:] + [time.perf_counter() - step_start]
         seen += images.shape[0] * ctx.world
         window.append(value)
         if ctx.main and (step % cfg.log_every == 0 or step == iters):
@@ -222,5 +224,6 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
         if checkpoint is not None and step % cfg.ckpt_every == 0 and step < iters:
             checkpoint(step)
     elapsed = time.perf_counter() - t0
+    ctx.history.setdefault("step_seconds", {})[stage] = durations  # (the dry run prices a budget from these)
     ctx.history["seconds"][stage] = ctx.history["seconds"].get(stage, 0.0) + elapsed
     ctx.history["images_per_s"][stage] = seen / max(elapsed - evaluating, 1e-9)
