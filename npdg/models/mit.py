@@ -69,14 +69,17 @@ class EfficientAttention(nn.Module):
         out = self.head_gate(out)
         return self.proj(out.transpose(1, 2).reshape(n, length, heads * d))
 
-    def unit_group(self) -> UnitGroup:
+    def unit_group(self, norm1: nn.LayerNorm | None = None) -> UnitGroup:
+        """``norm1``: the block's LayerNorm feeding ``q`` (and ``kv`` unless the reduction path's ``norm``
+        does), folded into the importance of the q/k/v rows (``TensorSlice.input_norm``)."""
         d, inner = self.head_dim, self.num_heads * self.head_dim
+        kv_norm = self.norm if self.sr_ratio > 1 else norm1
         producers = [TensorSlice(self.head_gate, "weight", 0)]
         for attr in ("weight", "bias"):
             producers += [
-                TensorSlice(self.q, attr, 0, 0, d),
-                TensorSlice(self.kv, attr, 0, 0, d),  # k rows
-                TensorSlice(self.kv, attr, 0, inner, d),  # v rows
+                TensorSlice(self.q, attr, 0, 0, d, input_norm=norm1),
+                TensorSlice(self.kv, attr, 0, 0, d, input_norm=kv_norm),  # k rows
+                TensorSlice(self.kv, attr, 0, inner, d, input_norm=kv_norm),  # v rows
             ]
         return UnitGroup("head", self.head_gate, producers, [TensorSlice(self.proj, "weight", 1, 0, d)])
 
@@ -96,8 +99,10 @@ class MixFFN(nn.Module):
         hidden = self.hidden_gate(self.act(self.dwconv(hidden)))  # (n, hidden, h, w)
         return self.fc2(hidden.flatten(2).transpose(1, 2))
 
-    def unit_group(self) -> UnitGroup:
-        producers = [TensorSlice(m, a, 0) for m in (self.fc1, self.dwconv) for a in ("weight", "bias")]
+    def unit_group(self, norm2: nn.LayerNorm | None = None) -> UnitGroup:
+        """``norm2``: the block's LayerNorm feeding ``fc1``, folded into the importance of the fc1 rows."""
+        producers = [TensorSlice(self.fc1, a, 0, input_norm=norm2) for a in ("weight", "bias")]
+        producers += [TensorSlice(self.dwconv, a, 0) for a in ("weight", "bias")]
         producers.append(TensorSlice(self.hidden_gate, "weight", 0))
         return UnitGroup("hidden", self.hidden_gate, producers, [TensorSlice(self.fc2, "weight", 1)])
 
@@ -196,7 +201,8 @@ class MixVisionTransformer(nn.Module):
         return feats
 
     def unit_groups(self) -> list[UnitGroup]:
-        return [g for s in self.stages for b in s.blocks for g in (b.attn.unit_group(), b.mlp.unit_group())]
+        blocks = [b for s in self.stages for b in s.blocks]
+        return [g for b in blocks for g in (b.attn.unit_group(b.norm1), b.mlp.unit_group(b.norm2))]
 
 
 def _init_weights(m):

@@ -13,6 +13,8 @@ scaling module:
   dim 1: channels / hidden -> ``(N, size, H, W)``; heads -> ``(N, heads, L, head_dim)``.
 * ``producers``: every tensor whose entries along ``dim`` belong to units of this group (conv/linear
   rows, biases, BN weight/bias/running stats, the gate itself, depthwise-conv channels, q/k/v rows).
+  A producer slice of a Linear that reads a LayerNorm may name it as ``input_norm`` (scale-free
+  importance of gates, see :mod:`npdg.pruning.sparsity`); the LayerNorm itself is never sliced.
 * ``consumers``: tensors that read the group's output on an input axis (next conv's ``weight`` dim 1,
   ``proj`` columns), possibly at an ``offset`` into a concatenated input.
 
@@ -60,6 +62,9 @@ class TensorSlice:
     offset: int = 0  # where this group's block starts on the axis (concat inputs, the v half of kv)
     unit_width: int = 1  # entries per unit (head_dim for q/k/v rows and proj columns of a head)
     key: str = ""  # state-dict key, filled in by name_groups()
+    # Producer rows (dim 0) of a Linear's weight / bias that read a LayerNorm's output: the gate importance
+    # measures the effective rows W·diag(norm.weight) and bias b + W·norm.bias (npdg/pruning/sparsity.py).
+    input_norm: nn.Module | None = field(default=None, repr=False)
 
     def tensor(self) -> torch.Tensor:
         return getattr(self.module, self.attr)
