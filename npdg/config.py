@@ -50,6 +50,10 @@ class Config:
 
     # --- optimisation (SGD + poly schedule, as in the DG-segmentation literature)
     iters: int = 200  # optimiser steps of the (sparse) training stage (default run: <= 12 min on 2 CPU cores)
+    budget: int = 0  # > 0: optimiser steps of the whole run, equal for every method (fair comparisons): a
+    #   pruning method trains budget - finetune_iters steps and fine-tunes finetune_iters, a method without a
+    #   prune trains all budget steps; validate() then sets iters to the train stage's length (so the poly
+    #   schedule, dsp_warmup and sens_every follow the stage that runs). 0 = off: train iters, then fine-tune
     optimizer: str = "sgd"  # sgd (momentum) | adamw (SegFormer's recipe)
     batch_size: int = 8
     lr: float = 0.01
@@ -72,6 +76,7 @@ class Config:
     # --- DSP: differentiable style perturbation (dsp, npdg)
     dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
     dsp_p: float = 0.5  # fraction of each batch replaced by perturbed samples
+    dsp_copy: bool = False  # feature level: restyle COPIES of that fraction (appended; the clean batch stays whole)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -90,6 +95,10 @@ class Config:
     sens_every: int = 50  # recompute the weights every this many sparse-training steps
     sens_batch: int = 8  # content images per sensitivity pass
     sens_precision: str = "ieee"  # ieee | tf32 | tf32x3 (GPU kernel precision)
+    sens_scale: str = "output"  # sparsity weights from the γ-scaled outputs' variances (output, the paper's) or
+    #   scale-free ones, relative to each unit's own variance (relative); see npdg.sensitivity
+    prune_sens: float = 0.0  # npdg: the prune ranks importance / w_rel**prune_sens (w_rel: the last pass's
+    #   scale-free weights), so style-sensitive units go first; 0 = rank by importance alone (the paper)
 
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -131,6 +140,13 @@ class Config:
                           ("eval_every", 0), ("val_num", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.budget < 0:
+            raise ConfigError(f"budget must be >= 0 (0 = off), got {self.budget}")
+        if self.budget and self.prunes and self.budget <= self.finetune_iters:
+            raise ConfigError(f"budget={self.budget} must exceed finetune_iters={self.finetune_iters}: "
+                              f"method={self.method} fine-tunes that many of its budget steps")
+        if self.budget:  # (idempotent: a resumed run re-validates its saved config)
+            self.iters = self.budget - self.finetune_iters if self.prunes else self.budget
         from npdg.models import available_models
 
         if self.model not in available_models():
@@ -149,6 +165,11 @@ class Config:
             parse_overrides(self.eval_protocol)
         except ProtocolError as exc:
             raise ConfigError(f"eval_protocol: {exc}") from None
+        if self.dsp_copy and self.dsp_level != "feature":
+            raise ConfigError("dsp_copy: restyled copies exist at feature level only (dsp_level=feature)")
+        if self.sens_scale not in ("output", "relative"):
+            raise ConfigError(f"sens_scale={self.sens_scale!r}: expected output or relative")
+        _check_range(self, "prune_sens", 0, None)
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self

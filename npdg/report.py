@@ -4,7 +4,10 @@ metrics.json:
     {"method", "model", "miou_unit": "percent", "flops_unit": "FLOPs (a multiply-add counts 2)",
      "dense": {"flops", "params", "miou": {SPEC: percent}, "per_class": {SPEC: {class: percent|null}}},
      "final": {... same ..., "widths": {group: kept units}, "sizes": {group: dense units}},
-     "unseen_mean": {"dense": ..., "final": ...}, "train": {"seconds": {stage: s}, "images_per_s": {...}}}
+     "unseen_mean": {"dense": ..., "final": ...}, "steps": {"train": N, "finetune": M},
+     "train": {"seconds": {stage: s}, "images_per_s": {...}}}
+steps: the optimiser steps each stage ran (finetune 0 for a method without a prune); with --budget every
+method's total is the budget (npdg.compare refuses pairs whose totals differ).
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ def unseen_mean(entry: dict, cfg) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def stage_steps(cfg, history: dict) -> dict:
+    """{"train": N, "finetune": M}: the optimiser steps each stage ran, as recorded by Run.optimise; a run resumed
+    from a checkpoint written before that record existed falls back to its config (the stages ran to the end)."""
+    ran = history.get("steps", {})
+    return {"train": ran.get("train", cfg.iters),
+            "finetune": ran.get("finetune", cfg.finetune_iters if cfg.prunes else 0)}
+
+
 def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     device = ctx.device
     dense = npdg.load_model(run_dir / "dense.pt").to(device)
@@ -68,6 +79,7 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     metrics["unseen_mean"] = {k: unseen_mean(metrics[k], cfg) for k in ("dense", "final")}
     if ctx.history.get("sensitivity_pruned_vs_kept"):
         metrics["final"]["sensitivity_pruned_vs_kept"] = ctx.history["sensitivity_pruned_vs_kept"]
+    metrics["steps"] = stage_steps(cfg, ctx.history)
     metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
     metrics["config"] = cfg.to_dict()
     checkpoint.write_json(run_dir / "metrics.json", metrics)
@@ -155,11 +167,13 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
     d, f = metrics["dense"], metrics["final"]
     secs = history.get("seconds", {})
     rates = history.get("images_per_s", {})
+    steps = metrics.get("steps") or stage_steps(cfg, history)
+    budget = f" (budget {cfg.budget} steps in all)" if cfg.budget else ""
     lines = [f"# {cfg.method} · {cfg.model}", "",
-             f"Source {cfg.source}; {cfg.iters} training iterations, batch {cfg.batch_size}, crop "
+             f"Source {cfg.source}; {steps['train']} training iterations, batch {cfg.batch_size}, crop "
              f"{cfg.crop[0]}x{cfg.crop[1]}" + (f"; prune ratio {cfg.ratio} (round_to {cfg.round_to}), "
-                                                f"{cfg.finetune_iters} fine-tuning iterations" if cfg.prunes else "")
-             + ". mIoU in percent; FLOPs at the eval size, batch 1.", "",
+                                                f"{steps['finetune']} fine-tuning iterations" if cfg.prunes else "")
+             + f"{budget}. mIoU in percent; FLOPs at the eval size, batch 1.", "",
              *table_lines(cfg, metrics), ""]
     if cfg.prunes:
         lines += [f"final / dense: FLOPs {f['flops'] / d['flops']:.1%}, params {f['params'] / d['params']:.1%}.", ""]

@@ -20,6 +20,13 @@ a LARGER coefficient in the sparsity term. A zero layer mean (no unit varies, or
 counts as the neutral 1. Units upstream of the perturbation point (e.g. ResNet layer1's inner channels,
 SegFormer stage-1 blocks: computed before ``style_layer`` returns, so they cannot see the perturbation)
 are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale.
+
+Scale: the activations are the groups' γ-scaled outputs, so unary/binary grow with |γ| -- the magnitude the
+prune ranks by. Every pass therefore also computes **scale-free** scores: each unit's covariances divided by
+the unit's own total variance over all K·N·L samples, unary_rel[c] = Var_k[c] / Var[c] (the fraction of the
+unit's variation that style explains, in [0, 1]) and binary_rel[c] = sum_{j != c} |Cov[c, j]| / sqrt(Var[c]
+Var[j]), mixed the same way into ``relative`` weights. ``scale="relative"`` makes those the sparsity weights;
+:func:`pruned_vs_kept` always compares the scale-free ones (a γ-scaled weight would just restate |γ|).
 """
 
 from __future__ import annotations
@@ -45,13 +52,21 @@ class Sensitivity:
     upstream: list[str] = field(default_factory=list)  # groups before the perturbation point (weight 1)
     k: int = 0
     lam: float = 0.0
+    relative: dict[str, Tensor] | None = None  # scale-free weights (module docstring); None: not computed
+    scale: str = "output"  # which scores ``weights`` were mixed from: output (γ-scaled) | relative
+
+    @property
+    def scale_free(self) -> dict[str, Tensor]:
+        """The scale-free weights (falls back to ``weights`` for files written before they existed)."""
+        return self.relative if self.relative is not None else self.weights
 
     def to_dict(self) -> dict:
         def plain(d):
             return {name: t.detach().cpu().tolist() for name, t in d.items()}
 
-        return {"k": self.k, "lam": self.lam, "upstream": list(self.upstream), "unary": plain(self.unary),
-                "binary": plain(self.binary), "weights": plain(self.weights)}
+        return {"k": self.k, "lam": self.lam, "scale": self.scale, "upstream": list(self.upstream),
+                "unary": plain(self.unary), "binary": plain(self.binary), "weights": plain(self.weights),
+                **({"relative": plain(self.relative)} if self.relative is not None else {})}
 
     def save(self, path) -> None:
         from npdg.checkpoint import write_json
@@ -66,15 +81,17 @@ class Sensitivity:
             return {name: torch.tensor(v, dtype=torch.float32) for name, v in m.items()}
 
         return cls(tensors(d["unary"]), tensors(d["binary"]), tensors(d["weights"]), list(d.get("upstream", [])),
-                   int(d.get("k", 0)), float(d.get("lam", 0.0)))
+                   int(d.get("k", 0)), float(d.get("lam", 0.0)),
+                   tensors(d["relative"]) if "relative" in d else None, str(d.get("scale", "output")))
 
 
 def pruned_vs_kept(sens: Sensitivity, masks: dict[str, Tensor]) -> dict | None:
-    """Did the prune remove the style-sensitive units? The mean weight w (of ``sens``, e.g. the last pass of
-    the train stage) of the units ``masks`` removes and of those it keeps, over the groups downstream of the
-    perturbation (upstream ones all weigh 1 and say nothing). None when no such unit was removed."""
+    """Did the prune remove the style-sensitive units? The mean scale-free weight (:attr:`Sensitivity.scale_free`
+    of ``sens``, e.g. the last pass of the train stage) of the units ``masks`` removes and of those it keeps,
+    over the groups downstream of the perturbation (upstream ones all weigh 1 and say nothing). None when no
+    such unit was removed."""
     pruned, kept = [], []
-    for name, w in sens.weights.items():
+    for name, w in sens.scale_free.items():
         if name in sens.upstream or name not in masks:
             continue
         keep = masks[name].to(torch.bool).cpu()
@@ -107,14 +124,17 @@ def sensitivity_weights(unary: dict[str, Tensor], binary: dict[str, Tensor], lam
 
 @torch.no_grad()
 def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4, precision: str = "ieee",
-                        generator: torch.Generator | None = None) -> Sensitivity:
+                        generator: torch.Generator | None = None, scale: str = "output") -> Sensitivity:
     """Unary / binary style sensitivity and sparsity weights of every group of ``model.prunable_units()``.
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
     the K - 1 new styles (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
     eval-mode statistics never enter training); generator seeds those styles. precision is passed to
-    ``npdg.ops.style_sensitivity``. The model's train/eval mode is restored afterwards.
+    ``npdg.ops.style_sensitivity``; scale which scores make ``weights`` (output | relative, see the module
+    docstring; both are computed). The model's train/eval mode is restored afterwards.
     """
+    if scale not in ("output", "relative"):
+        raise ValueError(f"compute_sensitivity: scale must be output or relative, got {scale!r}")
     if k < 2:
         raise ValueError(f"compute_sensitivity: k must be >= 2 style variants, got {k}")
     if not 0.0 <= lam <= 1.0:
@@ -122,6 +142,7 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     n = images.shape[0]
     groups = model.prunable_units()
     unary, binary, upstream = {}, {}, []
+    unary_rel, binary_rel = {}, {}
     styled = [False]
 
     def style_hook(f):
@@ -135,12 +156,20 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
             if not styled[0]:  # computed before the perturbation: identical across styles
                 upstream.append(name)
                 unary[name] = binary[name] = out.new_zeros(out.shape[1], dtype=torch.float32)
+                unary_rel[name] = binary_rel[name] = unary[name]
                 return
             if out.shape[0] != k * n:
                 raise RuntimeError(f"compute_sensitivity: {name} saw batch {out.shape[0]}, expected {k}x{n}")
-            var, cov = ops.style_sensitivity(out.reshape(k, n, out.shape[1], -1), precision=precision)
+            acts = out.reshape(k, n, out.shape[1], -1)
+            var, cov = ops.style_sensitivity(acts, precision=precision)
             unary[name] = var.float()
             binary[name] = cov.float().abs().fill_diagonal_(0).sum(1)
+            # scale-free: relative to each unit's own variance over all K*N*L samples (a dead unit: 0)
+            total = acts.transpose(0, 2).reshape(acts.shape[2], -1).float().var(1, unbiased=False)
+            inv = torch.where(total > 0, total.clamp_min(1e-30).rsqrt(), torch.zeros_like(total))
+            rel = cov.float().abs() * inv[:, None] * inv[None, :]
+            unary_rel[name] = rel.diagonal().clone()
+            binary_rel[name] = rel.fill_diagonal_(0).sum(1)
 
         return hook
 
@@ -159,8 +188,10 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
         raise RuntimeError(f"compute_sensitivity: groups never ran in the forward: {missing[:5]}")
     names = [g.name for g in groups]
     unary, binary = {m: unary[m] for m in names}, {m: binary[m] for m in names}
-    weights = sensitivity_weights(unary, binary, lam, set(upstream))
-    return Sensitivity(unary, binary, weights, upstream, k, lam)
+    relative = sensitivity_weights({m: unary_rel[m] for m in names}, {m: binary_rel[m] for m in names}, lam,
+                                   set(upstream))
+    weights = relative if scale == "relative" else sensitivity_weights(unary, binary, lam, set(upstream))
+    return Sensitivity(unary, binary, weights, upstream, k, lam, relative, scale)
 
 
 def plot_sensitivity(sens: Sensitivity, path) -> None:

@@ -124,7 +124,8 @@ class Recipe:
 
         self.dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
                               beta=cfg.dsp_beta, p=cfg.dsp_p, adv_steps=cfg.adv_steps,
-                              adv_step_size=cfg.adv_step_size, eps_scale=cfg.eps_scale).to(self.ctx.device)
+                              adv_step_size=cfg.adv_step_size, eps_scale=cfg.eps_scale,
+                              copy=cfg.dsp_copy).to(self.ctx.device)
         self.dsp_opt = torch.optim.Adam(self.dsp.parameters(), lr=cfg.dsp_lr)
 
     @property
@@ -170,7 +171,7 @@ class Recipe:
         # fp32 under amp too: the scores are variances across styles, which bf16 rounding would swamp
         with torch.autocast(self.ctx.device.type, enabled=False):
             sens = compute_sensitivity(model, images[: cfg.sens_batch].float(), dsp, k=cfg.sens_k, lam=cfg.lam,
-                                       precision=cfg.sens_precision)
+                                       precision=cfg.sens_precision, scale=cfg.sens_scale)
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights
         self.last_sensitivity = sens
@@ -211,6 +212,18 @@ class Recipe:
             self.dsp_opt.load_state_dict(state["dsp"]["optimizer"])
         if state.get("sensitivity"):
             self.weights = {k: v.to(self.ctx.device) for k, v in state["sensitivity"].items()}
+
+
+def prune_scores(model, sens, alpha: float) -> dict | None:
+    """What the prune ranks: None (the default importance, |γ| or the gate path scale) unless ``alpha`` > 0
+    and a sensitivity pass exists; then importance / w_rel**alpha with w_rel the pass's scale-free weights,
+    so of two equally important units the more style-sensitive one goes first."""
+    if alpha <= 0 or sens is None:
+        return None
+    from npdg.pruning import unit_importance
+
+    return {name: imp / sens.scale_free[name].to(imp).clamp_min(1e-6) ** alpha
+            for name, imp in unit_importance(model).items()}
 
 
 # --- stages -------------------------------------------------------------------------------------------
@@ -260,6 +273,7 @@ class Run:
             extra_opts=recipe.extra_opts, sync_params=recipe.sync_params,
             checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, recipe),
             evaluate_fn=evaluate_fn)
+        self.ctx.history.setdefault("steps", {})[stage] = iters  # what ran (metrics.json "steps"; iters: see budget)
 
     def stage_train(self, model, recipe, resume):
         cfg = self.cfg
@@ -279,16 +293,17 @@ class Run:
         groups = [(g.name, g.size) for g in model.prunable_units()]
         flat = torch.zeros(sum(size for _, size in groups), dtype=torch.uint8, device=ctx.device)
         if ctx.main:
+            from npdg.sensitivity import Sensitivity, pruned_vs_kept
+
+            sens_file = self.dir / "sensitivity.json"  # npdg: the last pass of the train stage
+            sens = Sensitivity.load(sens_file) if sens_file.is_file() else None
             chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
                                   threshold=cfg.threshold if cfg.threshold > 0 else None,
-                                  round_to=cfg.round_to, min_keep=cfg.min_keep)
+                                  round_to=cfg.round_to, min_keep=cfg.min_keep,
+                                  scores=prune_scores(model, sens, cfg.prune_sens))
             flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
-            sens_file = self.dir / "sensitivity.json"
-            if sens_file.is_file():  # npdg: the style sensitivity of what goes vs what stays, for the report
-                from npdg.sensitivity import Sensitivity, pruned_vs_kept
-
-                self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(Sensitivity.load(sens_file),
-                                                                                chosen)
+            if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
+                self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, chosen)
         if ctx.world > 1:
             torch.distributed.broadcast(flat, src=0)
         masks = dict(zip((name for name, _ in groups), flat.bool().split([size for _, size in groups]),

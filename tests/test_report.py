@@ -36,3 +36,16 @@ def test_cli_prints_the_table_and_refuses_a_half_written_file(tmp_path, capsys):
     bad.write_text('{"method": "erm"')
     assert main([str(bad)]) == 2
     assert "not the metrics of a finished npdg run" in capsys.readouterr().err
+
+
+def test_steps_are_what_ran_with_the_config_as_fallback():
+    from types import SimpleNamespace
+
+    from npdg.report import stage_steps
+
+    npdg_cfg = SimpleNamespace(iters=200, finetune_iters=60, prunes=True)
+    erm_cfg = SimpleNamespace(iters=260, finetune_iters=60, prunes=False)
+    assert stage_steps(npdg_cfg, {"steps": {"train": 7, "finetune": 3}}) == {"train": 7, "finetune": 3}
+    # a run resumed from a checkpoint written before the record existed: its config (the stages ran to the end)
+    assert stage_steps(npdg_cfg, {"steps": {"train": 7}}) == {"train": 7, "finetune": 60}
+    assert stage_steps(erm_cfg, {}) == {"train": 260, "finetune": 0}  # no prune: no fine-tuning steps

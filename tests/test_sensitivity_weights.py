@@ -138,3 +138,48 @@ def test_pruned_vs_kept_means_downstream_groups_only():
     out = pruned_vs_kept(sens, masks)
     assert out == {"pruned": 2.5, "kept": 0.5, "units_pruned": 2, "units_kept": 4}
     assert pruned_vs_kept(sens, {"b": torch.ones(4), "up": torch.tensor([0, 1])}) is None  # nothing removed downstream
+
+
+def test_scale_free_weights_match_float64_brute_force(run):
+    """relative unary = style variance / the unit's total variance; binary = sum_j |Cov| / sqrt(Var_c Var_j)."""
+    name, model, sens, captured = run
+    unary_rel, binary_rel = {}, {}
+    for group, acts in captured.items():
+        if group in sens.upstream:
+            unary_rel[group] = binary_rel[group] = torch.zeros(acts.shape[1], dtype=torch.float64)
+            continue
+        a = acts.double().reshape(K, acts.shape[0] // K, acts.shape[1], -1)
+        d = a - a.mean(0, keepdim=True)
+        cov = torch.einsum("knil,knjl->ij", d, d) / (d.shape[0] * d.shape[1] * d.shape[3])
+        total = a.transpose(0, 2).reshape(a.shape[2], -1).var(1, unbiased=False)
+        inv = torch.where(total > 0, total.rsqrt(), torch.zeros_like(total))
+        rel = cov.abs() * inv[:, None] * inv[None, :]
+        unary_rel[group] = rel.diagonal().clone()
+        binary_rel[group] = rel.fill_diagonal_(0).sum(1)
+        assert float(unary_rel[group].max()) <= 1 + 1e-12  # a fraction of the unit's variance
+    expect = sensitivity_weights(unary_rel, binary_rel, 0.4, set(sens.upstream))
+    for group, w in expect.items():
+        torch.testing.assert_close(sens.relative[group].double(), w, rtol=1e-3, atol=1e-5)
+    assert sens.scale == "output" and sens.scale_free is sens.relative
+
+
+def test_scale_free_weights_ignore_a_units_gamma():
+    """Scaling a downstream BN's γ_c and β_c by a_c (different per unit) multiplies unit c's output-based unary by
+    a_c**2 and leaves its scale-free weight where it was (up to the global mean-1 rescale, one constant)."""
+    model, dsp, images = _setup("deeplabv3plus_r18")
+    group = next(g for g in model.prunable_units() if g.name.startswith("backbone.layer3."))
+    a = torch.linspace(0.5, 4.0, group.size)
+
+    def sens():
+        return compute_sensitivity(model, images, dsp, k=K, generator=torch.Generator().manual_seed(1),
+                                   scale="relative")
+
+    before = sens()
+    with torch.no_grad():
+        group.scale_module.weight.mul_(a)
+        group.scale_module.bias.mul_(a)
+    after = sens()
+    torch.testing.assert_close(after.unary[group.name], a**2 * before.unary[group.name], rtol=1e-3, atol=1e-9)
+    ratio = after.relative[group.name] / before.relative[group.name]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=1e-3, atol=1e-4)
+    assert after.weights is after.relative

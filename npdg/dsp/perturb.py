@@ -104,7 +104,8 @@ class FeatureDSP(nn.Module):
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
-                 adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False):
+                 adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
+                 copy: bool = False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"FeatureDSP: p must be in [0, 1], got {p}")
@@ -112,6 +113,7 @@ class FeatureDSP(nn.Module):
             raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale and beta must be >= 0")
         self.dvae = DVAE(channels, latent, hidden)
         self.beta, self.p = beta, p
+        self.copy = copy  # restyle COPIES of the first ceil(p*N) samples (batch N + ceil(p*N)); else replace them
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
         self._ready = False  # host-side cache of dvae.initialised
@@ -271,6 +273,10 @@ class FeatureDSP(nn.Module):
         """
         n_total = images.shape[0]
         n = min(n_total, math.ceil((self.p if p is None else p) * n_total))
+        clean_from = 0  # the D-VAE learns the style statistics of f[clean_from:] (copies would count twice)
+        if self.copy and n > 0:  # the whole clean batch stays; restyled copies of its first n go in front
+            images, labels = torch.cat([images[:n], images]), torch.cat([labels[:n], labels])
+            n_total, clean_from = n_total + n, n
         logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
         xi = torch.randn(n, self.dvae.latent, device=images.device)
         delta = None
@@ -293,7 +299,7 @@ class FeatureDSP(nn.Module):
                 restyled = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n], std[:n]))
                 f = torch.cat([restyled, f[n:]])
             with torch.autocast(f.device.type, enabled=False):
-                dvae_out["loss"] = self.dvae.loss(mean, std, beta=self.beta)
+                dvae_out["loss"] = self.dvae.loss(mean[clean_from:], std[clean_from:], beta=self.beta)
             return f
 
         with perturbation(model, hook), autocast or nullcontext():
