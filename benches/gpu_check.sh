@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One-command GPU check for the target machine (H100/H200; Python 3.12, torch 2.11+cu130, triton 3.6,
 # no network). Builds the project with CUDA, runs the CUDA tests and the benches, and writes
-# JSON + a markdown summary into OUTDIR. Budget: about 6-8 minutes (time caps below sum to 475 s plus the
+# JSON + a markdown summary into OUTDIR. Budget: about 6-8 minutes (time caps below sum to 535 s plus the
 # build). OUTDIR gets eight files (the device tool returns at most 8): summary.log, summary.md,
-# bench_{adain,sensitivity,prune,train}.json, sweep_r50.{json,png}.
+# bench_{adain,sensitivity,prune,train,runtimes}.json, sweep_r50.json (the sweep's plot is not written:
+# its JSON has every number). bench_runtimes: dense vs pruned R50/R18/SegFormer-B0 in eager PyTorch and in
+# ONNX Runtime's CUDA provider -- the ONNX Runtime rows only if onnxruntime-gpu (+ onnx, onnxscript) is
+# installed; otherwise the script says so and the rows are skipped, never failed.
 #
 #   bash benches/gpu_check.sh OUTDIR
 set -uo pipefail
@@ -48,12 +51,20 @@ bench sensitivity 70 benches/bench_sensitivity.py
 # batch 8, 512x1024) and Torch-Pruning at equal FLOPs (skipped if torch-pruning is absent): one JSON
 bench prune 60 benches/bench_compact.py benches/bench_prune.py benches/bench_pruned.py benches/bench_prune_tp.py
 bench train 60 benches/bench_train.py
+# dense vs pruned per runtime (fp32, batch 4, 512x1024); ONNX Runtime only where it is installed
+if $PY -c 'import onnx, onnxscript, onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' \
+        >/dev/null 2>&1; then
+    log "onnxruntime with CUDAExecutionProvider found: ONNX Runtime rows included"
+else
+    log "onnxruntime-gpu / onnx / onnxscript not installed (no network here): ONNX Runtime rows skipped, eager rows only"
+fi
+bench runtimes 60 benches/bench_runtimes.py
 
 # FLOPs savings vs wall-clock on this GPU: random-γ sweep, interleaved timing, per-layer table at ratio 0.3
 log "profile sweep (deeplabv3plus_r50, bf16, channels_last, batch 8, 512x1024)"
 timeout -s INT -k 10 40 $PY -m npdg.profile --sweep deeplabv3plus_r50 --device cuda --dtype bf16 --channels-last \
     --batch 8 --size 512x1024 --ratios 0,0.1,0.2,0.3,0.4,0.5 --round_to 1,8 --layers-at 0.3 --warmup 3 \
-    --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$out/sweep_r50.json" --plot "$out/sweep_r50.png" \
+    --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$out/sweep_r50.json" \
     >"$tmp/sweep.log" 2>&1 || status=1
 grep -v "^USDT\|^STAGE" "$tmp/sweep.log" | head -60 | tee -a "$out/summary.log"
 

@@ -8,6 +8,7 @@ add up), not the speed of this machine.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -156,7 +157,7 @@ def test_interleaved_measurement_and_ratios(monkeypatch):
             return cost[log[-1]] * (1 + next(drift) / 100)  # the machine slows down: paired ratios see through it
         return timed
 
-    monkeypatch.setattr(P, "_timer", fake_timer)
+    monkeypatch.setattr(P.timing, "_timer", fake_timer)
     s = P.Settings(size=(2, 2), warmup=2, runs=6)
     lat, warm = P.measure({"slow": _Scripted("slow", log), "fast": _Scripted("fast", log)}, 3, s)
     assert log[:4] == ["slow", "slow", "fast", "fast"]  # warm-up, per model
@@ -171,7 +172,7 @@ def test_interleaved_measurement_and_ratios(monkeypatch):
     assert c["efficiency"] == pytest.approx(c["speedup"] / 2)
     assert c["time_savings_efficiency"] == pytest.approx((1 - 1 / c["speedup"]) / 0.5)
     log.clear()
-    monkeypatch.setattr(P, "_timer", lambda device: lambda fn: (fn(), cost[log[-1]])[1])  # no drift
+    monkeypatch.setattr(P.timing, "_timer", lambda device: lambda fn: (fn(), cost[log[-1]])[1])  # no drift
     auto = P.Settings(size=(2, 2), warmup=1, runs=0, min_runs=3, min_time=0.5)
     lat, _ = P.measure({"slow": _Scripted("slow", log), "fast": _Scripted("fast", log)}, 1, auto)
     assert lat["slow"]["runs"] == 25  # ceil(0.5 s / the slowest model's last warm-up, 20 ms)
@@ -205,6 +206,8 @@ def test_layer_profile_leaves_no_hooks(run_dir):
     (["--sweep", "deeplabv3plus_r18", "--compare", "x.pt"], "--compare needs --checkpoint"),
     (["--checkpoint", "{bad}", "--device", "tpu"], "unknown device"),
     ([], "one of the arguments --checkpoint --sweep is required"),
+    (["--checkpoint", "{bad}", "--runtime", "tensorrt"], "--runtime: unknown runtime tensorrt (use eager, compile"),
+    (["--sweep", "deeplabv3plus_r18", "--runtime", "onnxruntime", "--dtype", "bf16"], "fp32 models only"),
 ])
 def test_bad_input_one_line_exit_2(args, message, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
@@ -224,3 +227,55 @@ def test_bad_input_one_line_exit_2(args, message, tmp_path, capsys):
 def test_cuda_without_cuda(run_dir, capsys):
     code, _, err = _run(["--checkpoint", str(run_dir), "--device", "cuda"], capsys)
     assert code == 2 and err.count("\n") == 1 and "CUDA is not available" in err
+
+
+def test_runtimes_side_by_side(run_dir, tmp_path, capsys):
+    """Dense and pruned in eager PyTorch and ONNX Runtime, one interleaved run: per-runtime S and E."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    code, out, err = _run(["--checkpoint", str(run_dir), *FAST, "--profile-runs", "0", "--runtime", "eager",
+                           "onnxruntime", "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["runtimes"] == ["eager", "onnxruntime"] and rep["versions"]["onnxruntime"]
+    r = rep["models"]["dense"]["flops"] / rep["models"]["pruned"]["flops"]
+    for rt in ("eager", "onnxruntime"):
+        lat, c = rep["by_runtime"][rt]["latency"]["1"], rep["by_runtime"][rt]["comparison"]["1"]
+        assert lat["dense"]["runs"] == lat["pruned"]["runs"] == 3
+        assert c["speedup"] == pytest.approx(lat["dense"]["median_ms"] / lat["pruned"]["median_ms"])
+        assert c["efficiency"] == pytest.approx(c["speedup"] / r)
+        x = rep["vs_first_runtime"]["1"][rt]["pruned"]
+        assert x == pytest.approx(rep["by_runtime"]["eager"]["latency"]["1"]["pruned"]["median_ms"]
+                                  / lat["pruned"]["median_ms"])
+    assert rep["latency"] == rep["by_runtime"]["eager"]["latency"]  # the first runtime, as without --runtime
+    for label in ("dense", "pruned"):
+        info = rep["runtime_info"]["1"][f"{label}|onnxruntime"]
+        assert info["providers"] == ["CPUExecutionProvider"] and info["intra_op_threads"] == 1
+        assert info["max_abs_diff"] <= 1e-4 * info["logit_scale"]  # the export was checked
+    assert "[onnxruntime]" in out and "pruned x eager" in out
+
+
+def test_sweep_round_to_per_runtime(tmp_path, capsys):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    code, out, err = _run(["--sweep", "deeplabv3plus_r18", "--ratios", "0,0.3", "--round_to", "1,16", *FAST,
+                           "--runtime", "eager", "onnxruntime", "--json", str(tmp_path / "w.json")], capsys)
+    assert code == 0, err
+    pts = json.loads((tmp_path / "w.json").read_text())["points"]
+    assert [(p["runtime"], p["ratio"], p["round_to"]) for p in pts] == [
+        (rt, r, k) for rt in ("eager", "onnxruntime") for k in (1, 16) for r in (0, 0.3)]
+    for p in pts:
+        assert p["efficiency"] == pytest.approx(p["speedup"] / p["flops_reduction"])
+        if p["ratio"] == 0:
+            assert p["speedup"] == 1.0
+
+
+@pytest.mark.parametrize("missing, pip", [("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript"),
+                                          ("openvino", "openvino")])
+def test_missing_runtime_exit_2_names_pip_package(missing, pip, run_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: find_spec -> None, import fails
+    runtime = "openvino" if missing == "openvino" else "onnxruntime"
+    code, out, err = _run(["--checkpoint", str(run_dir), *FAST, "--runtime", "eager", runtime], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("python -m npdg.profile: error:") and f"pip install {pip}" in err
+    assert not out  # failed before measuring anything
