@@ -18,7 +18,6 @@ no interval). Markdown on stdout (the README's tables come from it); --json OUT 
 from __future__ import annotations
 
 import glob
-import json
 import math
 from pathlib import Path
 
@@ -53,13 +52,9 @@ def _steps(m: dict, cfg: dict) -> dict:
 
 def load_run(path: str | Path) -> dict:
     """One finished run: {file, method, seed, source, targets, source_miou, unseen, target_miou, steps}."""
-    path = Path(path)
-    file = path / "metrics.json" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: not found (is {path} a finished run?)")
-    try:
-        m = json.loads(file.read_text())
-        cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
+    from npdg.report import read_finished_run
+
+    def extract(file, m, cfg):
         source, targets = cfg["source"], list(cfg["targets"])
         miou = m["final"]["miou"]
         return {"file": str(file), "method": m.get("method", cfg.get("method")), "seed": int(cfg["seed"]),
@@ -69,9 +64,8 @@ def load_run(path: str | Path) -> dict:
                 "target_miou": {t: None if miou.get(t) is None else _number(miou[t], f"final.miou[{t!r}]")
                                 for t in targets},
                 "steps": _steps(m, cfg)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise checkpoint.CheckpointError(f"{file}: not the metrics of a finished npdg run "
-                                         f"({type(exc).__name__}: {exc})") from exc
+
+    return read_finished_run(path, extract)
 
 
 def load_set(pattern: str) -> dict[int, dict]:

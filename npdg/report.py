@@ -185,30 +185,43 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
     checkpoint.write_text(run_dir / "report.md", "\n".join(lines))
 
 
+
+def read_finished_run(path, extract):
+    """``extract(metrics file, metrics, config)`` for the finished run at ``path`` (a run directory or its
+    metrics.json; the config comes from metrics.json, else the run's config.json). A missing file is
+    FileNotFoundError; anything missing or malformed inside is a CheckpointError naming the file."""
+    import json
+
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found (is {path} a finished run?)")
+    try:
+        m = json.loads(file.read_text())
+        cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
+        return extract(file, m, cfg)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
+        raise checkpoint.CheckpointError(f"{file}: not the metrics of a finished npdg run "
+                                         f"({type(exc).__name__}: {exc})") from exc
+
 def compare_runs(metrics_files) -> str:
     """A markdown table of finished runs (run directories or metrics.json files): per-domain mIoU of `final`, the
     mean over unseen domains, and final FLOPs / params relative to dense. Runs that differ only in the seed
     (same method and λ) also get a row of their means, after the per-seed rows."""
-    import json
 
     runs, specs = [], None
+
+    def row(file, m, cfg):
+        nonlocal specs
+        specs = specs or [cfg["source"]] + list(cfg["targets"])
+        f, d = m["final"], m["dense"]
+        return {"name": f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else ""),
+                "seed": cfg["seed"], "miou": [f["miou"].get(s) for s in specs],
+                "unseen": m["unseen_mean"]["final"], "flops": (f["flops"], f["flops"] / d["flops"]),
+                "params": (f["params"], f["params"] / d["params"])}
+
     for path in metrics_files:
-        path = Path(path)
-        file = path / "metrics.json" if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: not found (is {path} a finished run?)")
-        try:
-            m = json.loads(file.read_text())
-            cfg = m.get("config") or json.loads(((path if path.is_dir() else path.parent) / "config.json").read_text())
-            specs = specs or [cfg["source"]] + list(cfg["targets"])
-            f, d = m["final"], m["dense"]
-            runs.append({"name": f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else ""),
-                         "seed": cfg["seed"], "miou": [f["miou"].get(s) for s in specs],
-                         "unseen": m["unseen_mean"]["final"], "flops": (f["flops"], f["flops"] / d["flops"]),
-                         "params": (f["params"], f["params"] / d["params"])})
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
-            raise checkpoint.CheckpointError(f"{file}: not the metrics of a finished npdg run "
-                                             f"({type(exc).__name__}: {exc})") from exc
+        runs.append(read_finished_run(path, row))
 
     def mean(values):
         return None if any(v is None for v in values) else sum(values) / len(values)

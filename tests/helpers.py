@@ -32,3 +32,13 @@ def randomize_(model, seed=0, gates=False):
         for g in model.prunable_units() if gates else ():
             g.gamma().copy_(torch.rand(g.size, generator=gen) + 0.5)
     return model
+
+
+def run_main(main, argv, capsys):
+    """(exit code, stdout, stderr) of a CLI ``main(argv)`` that returns its code or raises SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -16,6 +16,7 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import run_main
 from torch import nn
 
 import npdg
@@ -45,12 +46,7 @@ def run_dir(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    try:
-        code = E.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(E.main, argv, capsys)
 
 
 def _conv_shapes_onnx(path) -> Counter:

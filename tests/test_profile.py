@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from helpers import run_main
 from torch import nn
 
 import npdg
@@ -39,12 +40,7 @@ def run_dir(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    try:
-        code = P.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(P.main, argv, capsys)
 
 
 def _png(path):
