@@ -181,3 +181,17 @@ def test_eval_every_logs_source_val_miou(runs):
     # evaluating leaves training untouched (RNG, BN statistics, train mode)
     assert _same_weights(out / "final.pt", runs["plain"][0] / "final.pt")
     assert not any("val_miou" in r for r in _rows(runs["plain"][0]))  # 0 = only at the end
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_npdg_run_under_bf16_autocast_on_cuda(tmp_path):
+    """The paper presets' amp path on a real GPU: an npdg run (DSP ascent, sensitivity, prune, fine-tune,
+    evaluation) under bf16 autocast finishes with finite scores, and the sensitivity weights stayed fp32."""
+    args = [a for a in TINY if a not in ("--device=cpu", "--method=slimming")]
+    metrics = main(args + ["--device=cuda", "--amp", "--method=npdg", "--sens_every=2", "--sens_batch=2",
+                           "--sens_k=2", "--out", str(tmp_path / "r")])
+    assert all(0.0 <= v <= 100.0 for v in metrics["final"]["miou"].values())
+    assert metrics["final"]["flops"] < metrics["dense"]["flops"]
+    sens = json.loads((tmp_path / "r" / "sensitivity.json").read_text())
+    assert all(v == v for w in sens["weights"].values() for v in w)  # no NaN from bf16 variances
