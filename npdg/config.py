@@ -68,6 +68,9 @@ class Config:
     threshold: float = 0.0  # > 0: remove units with importance < threshold instead of a ratio
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
+    prune_residual: bool = False  # slimming / npdg: also prune the residual streams (coupled groups, one per
+    #   ResNet stage; DeepLabV3+ R18/R50/R101 only), ranked by mean |γ| over a stream's BNs; the sparsity
+    #   penalty then also covers those γ (see npdg.pruning.select / sparsity)
     finetune_iters: int = -1  # fine-tuning steps of the compacted model (own poly schedule); -1 = the method's
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 60 for npdg (DSP steps cost 1.6x; its prune costs <= 1.4 source)
@@ -155,6 +158,12 @@ class Config:
             close = difflib.get_close_matches(self.model, available_models(), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(available_models())}"
             raise ConfigError(f"model={self.model!r}: unknown model; {hint}")
+        if self.prune_residual:
+            from npdg.models import residual_models
+
+            if self.model not in residual_models():
+                raise ConfigError(f"prune_residual: model {self.model} declares no residual-stream unit groups "
+                                  f"(models that do: {', '.join(residual_models())})")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer={self.optimizer!r}: expected sgd or adamw")
         if self.dsp_level not in DSP_LEVELS:

@@ -124,8 +124,16 @@ def sensitivity_weights(unary: dict[str, Tensor], binary: dict[str, Tensor], lam
 
 @torch.no_grad()
 def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4, precision: str = "ieee",
-                        generator: torch.Generator | None = None, scale: str = "output") -> Sensitivity:
+                        generator: torch.Generator | None = None, scale: str = "output",
+                        residual: bool = False) -> Sensitivity:
     """Unary / binary style sensitivity and sparsity weights of every group of ``model.prunable_units()``.
+
+    ``residual`` (default False): also the coupled residual streams (``prunable_units(residual=True)``).
+    A stream is observed at ONE position, its ``activation_module`` = the stage output (the stream after
+    the stage's last block; the R50/R101 stem at the max-pool), not mixed over every block that adds into
+    it: a simpler choice, and the stage output is what the next stage and the head read. Streams
+    computed before the perturbation point (the stem, and layer1 whose output is the perturbed feature
+    itself: its hook runs before the perturbation's) are upstream (neutral weight 1).
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
     the K - 1 new styles (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
@@ -140,7 +148,7 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"compute_sensitivity: lam must be in [0, 1], got {lam}")
     n = images.shape[0]
-    groups = model.prunable_units()
+    groups = model.prunable_units(residual=True) if residual else model.prunable_units()
     unary, binary, upstream = {}, {}, []
     unary_rel, binary_rel = {}, {}
     styled = [False]

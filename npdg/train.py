@@ -171,7 +171,8 @@ class Recipe:
         # fp32 under amp too: the scores are variances across styles, which bf16 rounding would swamp
         with torch.autocast(self.ctx.device.type, enabled=False):
             sens = compute_sensitivity(model, images[: cfg.sens_batch].float(), dsp, k=cfg.sens_k, lam=cfg.lam,
-                                       precision=cfg.sens_precision, scale=cfg.sens_scale)
+                                       precision=cfg.sens_precision, scale=cfg.sens_scale,
+                                       **({"residual": True} if cfg.prune_residual else {}))
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights
         self.last_sensitivity = sens
@@ -188,7 +189,8 @@ class Recipe:
                 self.refresh_sensitivity(model, images)
             loss, logs = self.task_loss(net, model, images, labels, clean=step <= warmup)
             if cfg.prunes and cfg.sparsity > 0:
-                penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None)
+                penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None,
+                                     residual=cfg.prune_residual)
                 loss = loss + cfg.sparsity * penalty
                 logs = {**logs, "penalty": penalty.item()}
             return loss, logs
@@ -214,16 +216,17 @@ class Recipe:
             self.weights = {k: v.to(self.ctx.device) for k, v in state["sensitivity"].items()}
 
 
-def prune_scores(model, sens, alpha: float) -> dict | None:
+def prune_scores(model, sens, alpha: float, residual: bool = False) -> dict | None:
     """What the prune ranks: None (the default importance, |γ| or the gate path scale) unless ``alpha`` > 0
     and a sensitivity pass exists; then importance / w_rel**alpha with w_rel the pass's scale-free weights,
-    so of two equally important units the more style-sensitive one goes first."""
+    so of two equally important units the more style-sensitive one goes first. ``residual``: the coupled
+    residual groups too (mean |γ| over a stream's BNs; a stream the pass did not see keeps plain importance)."""
     if alpha <= 0 or sens is None:
         return None
     from npdg.pruning import unit_importance
 
-    return {name: imp / sens.scale_free[name].to(imp).clamp_min(1e-6) ** alpha
-            for name, imp in unit_importance(model).items()}
+    return {name: imp / sens.scale_free[name].to(imp).clamp_min(1e-6) ** alpha if name in sens.scale_free else imp
+            for name, imp in unit_importance(model, residual=residual).items()}
 
 
 # --- stages -------------------------------------------------------------------------------------------
@@ -290,7 +293,7 @@ class Run:
         cfg, ctx = self.cfg, self.ctx
         # rank 0 decides, everyone compacts the same way: every rank holds the same model, hence the same
         # groups in the same order; rank 0's masks travel as one flat uint8 tensor in that order
-        groups = [(g.name, g.size) for g in model.prunable_units()]
+        groups = [(g.name, g.size) for g in model.prunable_units(residual=cfg.prune_residual)]
         flat = torch.zeros(sum(size for _, size in groups), dtype=torch.uint8, device=ctx.device)
         if ctx.main:
             from npdg.sensitivity import Sensitivity, pruned_vs_kept
@@ -300,7 +303,8 @@ class Run:
             chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
                                   threshold=cfg.threshold if cfg.threshold > 0 else None,
                                   round_to=cfg.round_to, min_keep=cfg.min_keep,
-                                  scores=prune_scores(model, sens, cfg.prune_sens))
+                                  scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual),
+                                  prune_residual=cfg.prune_residual)
             flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
             if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
                 self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, chosen)

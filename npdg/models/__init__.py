@@ -8,7 +8,13 @@
 Names: deeplabv3plus_r18/_r50/_r101, deeplab_vgg16, segformer_b0 ... segformer_b5.
 """
 
-from npdg.models.registry import UnknownModelError, available_models, create_model, register_model
+from npdg.models.registry import (
+    UnknownModelError,
+    available_models,
+    create_model,
+    register_model,
+    residual_models,
+)
 from npdg.models.units import Gate, TensorSlice, UnitGroup, compact_state_dict, kept_positions
 
 __all__ = [
@@ -21,4 +27,5 @@ __all__ = [
     "create_model",
     "kept_positions",
     "register_model",
+    "residual_models",
 ]

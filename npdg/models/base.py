@@ -1,7 +1,8 @@
 """What every segmentation model in the registry offers beyond ``forward``.
 
 * ``forward(x (N, 3, H, W)) -> logits (N, num_classes, H, W)`` for any H, W.
-* ``prunable_units() -> list[UnitGroup]`` (see ``units.py``).
+* ``prunable_units(residual=False) -> list[UnitGroup]`` (see ``units.py``); ``residual=True`` adds the
+  coupled residual-stream groups of models whose ``supports_residual()`` is True (DeepLabV3+ ResNet).
 * ``style_layer``: the early backbone module (after the stem / first stage, output stride 4) whose
   output (N, ``style_channels``, H/4, W/4) a forward hook may replace to perturb feature style, e.g.
   ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.
@@ -15,7 +16,7 @@ import numbers
 
 from torch import nn
 
-from npdg.models.units import UnitGroup, name_groups
+from npdg.models.units import CoupledGroup, UnitGroup, name_groups
 
 
 class SegmentationModel(nn.Module):
@@ -32,7 +33,7 @@ class SegmentationModel(nn.Module):
 
     def _check_widths(self, widths: dict | None) -> None:
         """Subclasses call this last in __init__: a misspelt group name must not build a dense model."""
-        built = self.widths()
+        built = self._all_widths()
         unknown = sorted(set(widths or {}) - set(built))
         if unknown:
             raise ValueError(
@@ -43,15 +44,31 @@ class SegmentationModel(nn.Module):
             raise AssertionError(f"widths not honoured by the constructor (asked, built): {wrong}")
 
     # Subclasses return unnamed groups; names/keys are filled in from the module tree.
+    # A subclass with coupled groups overrides supports_residual() and accepts ``residual=True`` here.
     def _unit_groups(self) -> list[UnitGroup]:
         raise NotImplementedError
 
-    def prunable_units(self) -> list[UnitGroup]:
+    def supports_residual(self) -> bool:
+        """True if ``prunable_units(residual=True)`` declares coupled residual-stream groups."""
+        return False
+
+    def prunable_units(self, residual: bool = False) -> list[UnitGroup]:
+        """The unit groups; ``residual=True`` adds the coupled residual streams (where the model has any;
+        a model without them returns the same groups as ``residual=False``)."""
+        if residual and self.supports_residual():
+            return name_groups(self, self._unit_groups(residual=True))
         return name_groups(self, self._unit_groups())
 
+    def _all_widths(self) -> dict[str, int]:
+        return {g.name: g.size for g in self.prunable_units(residual=True)}
+
     def widths(self) -> dict[str, int]:
-        """Current unit count of every group (group name -> size)."""
-        return {g.name: g.size for g in self.prunable_units()}
+        """Current unit count of every group (group name -> size); a coupled residual group only when it
+        is narrower than dense (so models with dense streams describe themselves as before)."""
+        if not self.supports_residual():
+            return {g.name: g.size for g in self.prunable_units()}
+        return {g.name: g.size for g in self.prunable_units(residual=True)
+                if not isinstance(g, CoupledGroup) or g.size != g.full_size}
 
     def arch_config(self) -> dict:
         return {**self._arch_kwargs, "widths": self.widths()}

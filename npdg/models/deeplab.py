@@ -133,9 +133,15 @@ class DeepLabV3Plus(SegmentationModel):
         logits = self.head(low, high)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def _unit_groups(self) -> list[UnitGroup]:
+    def supports_residual(self) -> bool:
+        return isinstance(self.backbone, ResNet)  # VGG-16 has no residual streams
+
+    def _unit_groups(self, residual: bool = False) -> list[UnitGroup]:
         backbone = self.backbone.unit_groups(self.head.low_level_consumers(), self.head.input_consumers())
-        return backbone + self.head.unit_groups()
+        groups = backbone + self.head.unit_groups()
+        if residual and self.supports_residual():  # coupled streams last: the default groups keep their order
+            groups += self.backbone.stream_groups(self.head.low_level_consumers(), self.head.input_consumers())
+        return groups
 
     @property
     def style_layer(self) -> nn.Module:
@@ -159,4 +165,4 @@ for _name, _backbone in [
     ("deeplabv3plus_r101", "resnet101"),
     ("deeplab_vgg16", "vgg16_bn"),
 ]:
-    register_model(_name)(_builder(_backbone))
+    register_model(_name, residual=_backbone != "vgg16_bn")(_builder(_backbone))

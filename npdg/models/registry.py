@@ -13,6 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_RESIDUAL: set[str] = set()  # models whose prunable_units(residual=True) declares coupled residual streams
 
 
 class UnknownModelError(ValueError, KeyError):
@@ -22,11 +23,15 @@ class UnknownModelError(ValueError, KeyError):
         return str(self.args[0])
 
 
-def register_model(name: str):
+def register_model(name: str, residual: bool = False):
+    """Register a builder; ``residual``: its models declare coupled residual-stream unit groups."""
+
     def add(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = builder
+        if residual:
+            _RESIDUAL.add(name)
         return builder
 
     return add
@@ -40,6 +45,12 @@ def _load_builtin_models() -> None:
 def available_models() -> list[str]:
     _load_builtin_models()
     return sorted(_REGISTRY)
+
+
+def residual_models() -> list[str]:
+    """Names of the models that declare residual-stream groups (``prunable_units(residual=True)``)."""
+    _load_builtin_models()
+    return sorted(_RESIDUAL)
 
 
 def create_model(name: str, num_classes: int = 19, pretrained: str | None = None, **kwargs) -> nn.Module:

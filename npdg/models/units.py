@@ -27,6 +27,17 @@ Masking (``UnitGroup.mask_``) zeroes γ and, for BN, the bias β: the unit's out
 after BN/ReLU or the gate, so removing it and its consumer columns leaves the model's output unchanged.
 A group's ``name`` is the qualified module name of its scale module and is also the key of the
 ``widths`` dict every constructor accepts (unit group name -> kept unit count).
+
+**Coupled groups** (:class:`CoupledGroup`, ``kind="residual"``): a residual stream, i.e. channels that
+several BatchNorms write into one sum (a ResNet stage: the downsample BN and every block's last BN; the
+stem BN where it feeds the stream directly). They are declared only on request,
+``model.prunable_units(residual=True)``, and only by models whose ``supports_residual()`` is True. A
+coupled group has several scale modules (``scale_modules``; ``scale_module`` is the first, for size and
+device); masking zeroes γ and β of all of them, so every addend of the sum -- hence the sum and the ReLU
+after it -- is exactly 0 on a pruned channel. Its name is ``<qualified name of anchor>.<label>``
+(e.g. ``backbone.layer2.residual``), a ``widths`` key like any other; ``full_size`` is the dense width,
+and ``SegmentationModel.widths()`` lists a coupled group only when it is narrower than that (so the
+``arch_config`` / saved file of a model whose streams are dense is unchanged).
 """
 
 from __future__ import annotations
@@ -121,11 +132,58 @@ class UnitGroup:
                 raise AssertionError(f"{self.name}: {s.key} dim {s.dim} has {extent} < {end} entries")
 
 
+@dataclass
+class CoupledGroup(UnitGroup):
+    """A residual stream: channels scaled by several BatchNorms whose outputs are summed (module docstring).
+
+    Importance (``npdg.pruning.sparsity``) = the MEAN of |γ| over ``scale_modules``: on the scale of one
+    BN's |γ| whatever the number of blocks, so streams of different depth rank together (kind "residual"
+    is ranked separately from the block-inner "channel" units anyway). ``activation_module`` is where the
+    stream is observed for style sensitivity: the stage output (the stream after its last block's ReLU).
+    """
+
+    scale_modules: list = field(default_factory=list, repr=False)
+    anchor: nn.Module | None = field(default=None, repr=False)  # names the group: <anchor name>.<label>
+    label: str = "residual"
+    full_size: int = 0  # dense width of the stream
+    observed_at: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def activation_module(self) -> nn.Module:
+        return self.observed_at if self.observed_at is not None else self.scale_module
+
+    def gammas(self) -> list[torch.Tensor]:
+        """Every γ that scales the group's channels (live parameters)."""
+        return [m.weight for m in self.scale_modules]
+
+    @torch.no_grad()
+    def mask_(self, pruned: torch.Tensor) -> None:
+        pruned = torch.as_tensor(pruned, device=self.gamma().device)
+        for m in self.scale_modules:
+            m.weight[pruned] = 0
+            if getattr(m, "bias", None) is not None:
+                m.bias[pruned] = 0
+
+
+def coupled_channel_group(
+    pairs: list, consumers: list[TensorSlice], anchor: nn.Module, label: str, full_size: int, observed_at=None
+) -> CoupledGroup:
+    """A residual stream written by the (conv, BN) ``pairs`` (each conv -> BN adds into the stream)."""
+    producers = [s for conv, bn in pairs for s in bn_producers(conv, bn)]
+    bns = [bn for _, bn in pairs]
+    return CoupledGroup("residual", bns[0], producers, list(consumers), scale_modules=bns, anchor=anchor,
+                        label=label, full_size=full_size, observed_at=observed_at)
+
+
 def name_groups(model: nn.Module, groups: list[UnitGroup]) -> list[UnitGroup]:
     """Fill in group names and slice keys from the model's module names."""
     names = {id(m): n for n, m in model.named_modules()}
     for g in groups:
-        g.name = names[id(g.scale_module)]
+        if isinstance(g, CoupledGroup):
+            base = names[id(g.anchor)]
+            g.name = f"{base}.{g.label}" if base else g.label
+        else:
+            g.name = names[id(g.scale_module)]
         for s in g.slices():
             s.key = f"{names[id(s.module)]}.{s.attr}"
     return groups
@@ -167,6 +225,8 @@ def kept_positions(
     ``{group name: kept count}`` for every group.
     """
     groups = {g.name: g for g in model.prunable_units()}
+    if set(keep) - set(groups) and getattr(model, "supports_residual", lambda: False)():
+        groups = {g.name: g for g in model.prunable_units(residual=True)}  # keep names coupled groups
     unknown = set(keep) - set(groups)
     if unknown:
         raise KeyError(f"unknown unit groups {sorted(unknown)}")

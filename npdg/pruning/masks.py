@@ -12,8 +12,28 @@ class PruningError(ValueError):
     """A pruning request that cannot be honoured (bad arguments, masks or per-unit tensors)."""
 
 
-def groups_by_name(model: nn.Module) -> dict:
-    return {g.name: g for g in model.prunable_units()}
+def groups_by_name(model: nn.Module, residual: bool = False, names=()) -> dict:
+    """{name: group} of ``model.prunable_units()``; the coupled residual groups too when ``residual`` or
+    when ``names`` (e.g. a masks dict) mention a group the default declarations lack."""
+    groups = {g.name: g for g in model.prunable_units()}
+    if (residual or set(names) - set(groups)) and supports_residual(model):
+        groups = {g.name: g for g in model.prunable_units(residual=True)}
+    return groups
+
+
+def supports_residual(model: nn.Module) -> bool:
+    """True if the model declares coupled residual-stream groups (``prunable_units(residual=True)``)."""
+    return bool(getattr(model, "supports_residual", lambda: False)())
+
+
+def require_residual(model: nn.Module) -> None:
+    """Raise :class:`PruningError` (one line, naming the model) unless it declares residual groups."""
+    if not supports_residual(model):
+        name = getattr(model, "registry_name", "") or type(model).__name__
+        from npdg.models import residual_models
+
+        raise PruningError(f"prune_residual: model {name} declares no residual-stream unit groups "
+                           f"(models that do: {', '.join(residual_models())})")
 
 
 def check_per_unit(groups: dict, values: dict, what: str) -> None:
@@ -32,7 +52,7 @@ def check_per_unit(groups: dict, values: dict, what: str) -> None:
 def validate_masks(model: nn.Module, masks: dict) -> None:
     """Raise :class:`PruningError` unless ``masks`` fits ``model``: known group names, bool tensors of
     the group's size, at least one kept unit per group. Groups missing from ``masks`` keep every unit."""
-    groups = groups_by_name(model)
+    groups = groups_by_name(model, names=masks if isinstance(masks, dict) else ())
     check_per_unit(groups, masks, "masks")
     for name, m in masks.items():
         if m.dtype != torch.bool:
@@ -49,7 +69,7 @@ def apply_masks(model: nn.Module, masks: dict, inplace: bool = False) -> nn.Modu
     """
     validate_masks(model, masks)
     out = model if inplace else copy.deepcopy(model)
-    groups = groups_by_name(out)
+    groups = groups_by_name(out, names=masks)
     for name, keep in masks.items():
         groups[name].mask_(~keep)
     return out

@@ -16,6 +16,12 @@ Then each group's kept count k is raised, never lowered, to honour the per-group
    step = round_to / gcd(round_to, unit_width): 8 channels, but any head count when head_dim = 32.
 Rounding up means a unit above the threshold is never removed and the removed count per kind is at
 most the requested one. Within a group the kept units are always its k highest-scoring ones.
+
+``prune_residual=True`` (default False) also prunes the coupled residual streams (kind "residual", see
+``npdg.models.units.CoupledGroup``): ranked among themselves, by default by the mean |γ| over the BNs
+that scale each channel; ``ratio`` removes that fraction of all residual channels too, with the same
+``min_keep`` / ``round_to`` rules. ``scores`` may omit the residual groups (they then get that default
+importance). A model that declares no residual groups raises :class:`PruningError` naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from npdg.pruning.masks import PruningError, check_per_unit, groups_by_name
+from npdg.pruning.masks import PruningError, check_per_unit, groups_by_name, require_residual
 from npdg.pruning.sparsity import unit_importance
 
 
@@ -62,6 +68,7 @@ def select_masks(
     round_to: int = 8,
     min_keep: int = 1,
     scores: dict | None = None,
+    prune_residual: bool = False,
 ) -> dict[str, torch.Tensor]:
     """{group name: bool keep-mask (size,)} for every prunable group (see the module docstring).
 
@@ -69,11 +76,17 @@ def select_masks(
     :func:`npdg.pruning.unit_importance` (|γ| for BN, the gate path scale the sparsity penalty shrinks).
     """
     _check_args(ratio, threshold, round_to, min_keep)
-    groups = groups_by_name(model)
+    if prune_residual:
+        require_residual(model)
+    groups = groups_by_name(model, residual=prune_residual)
     if scores is None:
-        scores = unit_importance(model)
+        scores = unit_importance(model, residual=prune_residual)
     else:
         check_per_unit(groups, scores, "scores")
+        if prune_residual:  # residual groups without scores: their default importance
+            default = unit_importance(model, residual=True)
+            scores = {**{n: default[n] for n in groups if n not in scores and groups[n].kind == "residual"},
+                      **scores}
         missing = sorted(set(groups) - set(scores))
         if missing:
             raise PruningError(f"scores missing for unit groups {missing[:5]}")

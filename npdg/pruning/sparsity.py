@@ -46,6 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from npdg.models.units import CoupledGroup
 from npdg.pruning.masks import PruningError, check_per_unit, groups_by_name
 
 
@@ -104,7 +105,11 @@ def _unit_rms(group, slices) -> torch.Tensor | None:
 
 
 def _importance(group) -> torch.Tensor:
-    """|γ| (BN) or the path scale |γ|·rms(consumers)·rms(producers) (gates); differentiable."""
+    """|γ| (BN), mean |γ| over the BNs of a coupled residual group, or the path scale
+    |γ|·rms(consumers)·rms(producers) (gates); differentiable."""
+    if isinstance(group, CoupledGroup):
+        gammas = group.gammas()
+        return sum(_wide(g).abs() for g in gammas) / len(gammas)
     gamma = group.gamma()
     score = _wide(gamma).abs()
     if not is_gate(group):
@@ -118,23 +123,26 @@ def _importance(group) -> torch.Tensor:
     return score
 
 
-def unit_importance(model: nn.Module) -> dict[str, torch.Tensor]:
+def unit_importance(model: nn.Module, residual: bool = False) -> dict[str, torch.Tensor]:
     """{group name: (size,) detached importance}: |γ| for BN, |γ|·rms·rms for gates (module docstring).
 
     The quantity :func:`l1_penalty` pushes down, and what :func:`npdg.pruning.select_masks` ranks by
-    default, so the units pruned are those the penalty made unimportant.
+    default, so the units pruned are those the penalty made unimportant. ``residual``: also the coupled
+    residual-stream groups (mean |γ| over their BNs), where the model declares them.
     """
     with torch.no_grad():
-        return {g.name: _importance(g).detach() for g in model.prunable_units()}
+        return {n: _importance(g).detach() for n, g in groups_by_name(model, residual=residual).items()}
 
 
-def l1_penalty(model: nn.Module, weights: dict | None = None) -> torch.Tensor:
+def l1_penalty(model: nn.Module, weights: dict | None = None, residual: bool = False) -> torch.Tensor:
     """Σ_i w_i · importance_i over every prunable unit, a differentiable scalar (fp32; fp64 for an fp64 model).
 
     ``weights``: {group name: (size,) tensor}, e.g. NPDG's style sensitivity; groups not listed (or all,
     when None) weigh 1 = Network Slimming. Sparse training adds ``s * l1_penalty(model, weights)``.
+    ``residual`` (default False): also penalise the coupled residual groups' importance (the mean |γ| over
+    the BNs of a stream, i.e. each of those γ with weight 1/number of BNs), where the model declares them.
     """
-    groups = groups_by_name(model)
+    groups = groups_by_name(model, residual=residual)
     weights = weights or {}
     check_per_unit(groups, weights, "weights")
     total = None

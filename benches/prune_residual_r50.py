@@ -1,0 +1,45 @@
+"""Run: python benches/prune_residual_r50.py benches/results/cpu_2core_prune_residual_r50.json
+
+R50 DeepLabV3+, ratio 0.3, round_to 8, random γ: FLOPs fraction with / without --prune_residual, prune wall time."""
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from npdg.models import create_model
+from npdg.pruning import compact, flops, params, select_masks
+
+RATIO, ROUND_TO, SIZE, REPEATS = 0.3, 8, (256, 512), 5
+torch.manual_seed(0)
+dense = create_model("deeplabv3plus_r50", num_classes=19).eval()
+gen = torch.Generator().manual_seed(0)
+with torch.no_grad():  # bench_pruned.dense_with_random_gamma, plus every stream BN's γ (otherwise all 1)
+    for g in dense.prunable_units(residual=True):
+        for gm in (g.gammas() if hasattr(g, "gammas") else [g.gamma()]):
+            gm.copy_(torch.rand(g.size, generator=gen))
+f_dense, p_dense = flops(dense, SIZE), params(dense)
+rows = {}
+for residual in (False, True):
+    times = []
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        small = compact(dense, select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual))
+        times.append(time.perf_counter() - t)
+    f, p = flops(small, SIZE), params(small)
+    rows["prune_residual" if residual else "default"] = {
+        "flops": f, "flops_fraction": round(f / f_dense, 4), "params": p, "params_fraction": round(p / p_dense, 4),
+        "prune_compact_s_median": round(statistics.median(times), 4),
+        "prune_compact_s_all": [round(t, 4) for t in times],
+        "stream_widths": {k: v for k, v in small.widths().items() if k.endswith((".residual", ".stem"))},
+    }
+out = {"model": "deeplabv3plus_r50", "ratio": RATIO, "round_to": ROUND_TO, "flops_input": list(SIZE),
+       "gamma": "uniform(0,1) on every prunable BN incl. residual-stream BNs (seed 0)", "repeats": REPEATS,
+       "dense_flops": f_dense, "dense_params": p_dense, "rows": rows,
+       "env": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+               "note": "2-core CPU shared with training runs; wall times are noisy"}}
+json.dump(out, open(sys.argv[1], "w"), indent=2)
+keys = ("flops_fraction", "params_fraction", "prune_compact_s_median")
+print(json.dumps({k: {kk: v[kk] for kk in keys} for k, v in rows.items()}))
