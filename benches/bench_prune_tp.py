@@ -11,6 +11,14 @@ the FLOPs of the npdg model: one iterative run in steps of 0.02 picks the step c
 the timed prune is then a one-shot prune of a fresh copy at that ratio. Rows record both FLOPs, and
 ``flops_mismatch`` = FLOPs(Torch-Pruning) / FLOPs(npdg) - 1.
 
+A second pair (issue 19) prunes the residual streams too: ``npdg_residual`` = ``select_masks(...,
+prune_residual=True)`` at the same unit ratio, against ``torch_pruning_residual`` = Torch-Pruning calibrated
+to that model's FLOPs in the same way. It runs on a copy of the dense model whose residual-stream BN γ's are
+random as well (``dense_with_random_gamma`` randomises the default groups only, so every stream γ would be
+1); the default groups' γ's are unchanged and the first pair keeps the original model, so its rows see
+exactly what they saw before. Rows record ``prune_residual``, and ``tp_ratio`` / ``flops_mismatch`` of their
+own pair (the dense row: of the first pair).
+
 Timed prune: npdg = ``select_masks`` + ``compact`` (a new model); Torch-Pruning = building the pruner
 (tracing the dependency graph) + ``step()`` on a deep copy (the copy itself is not timed). Latency
 conditions as in bench_pruned.py (CUDA: bf16, channels_last, batch 8, 512x1024; CPU: fp32, batch 1,
@@ -46,8 +54,27 @@ CALIBRATION_SIZE = (64, 128)
 STEP = 0.02  # calibration step of Torch-Pruning's ratio: ~3 % of FLOPs on R50
 
 
-def npdg_prune(model):
-    return compact(model, select_masks(model, ratio=RATIO, round_to=ROUND_TO))
+# npdg provider -> (its Torch-Pruning provider at equal FLOPs, prune_residual)
+PAIRS = {"npdg": ("torch_pruning", False), "npdg_residual": ("torch_pruning_residual", True)}
+PAIR_OF = {p: ours for ours, (theirs, _) in PAIRS.items() for p in (ours, theirs)}
+PAIR_OF["dense"] = "npdg"
+
+
+def npdg_prune(model, residual: bool = False):
+    return compact(model, select_masks(model, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual))
+
+
+def with_random_stream_gamma(dense, seed: int = 1):
+    """A copy of `dense` whose residual-stream BN γ's (every BN scaling a coupled group) are random too, as in
+    benches/prune_residual_r50.py; the default groups' γ's and all other weights are those of `dense`."""
+    model = copy.deepcopy(dense)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for g in model.prunable_units(residual=True):
+            if g.kind == "residual":
+                for gamma in g.gammas():
+                    gamma.copy_(torch.rand(g.size, generator=gen))
+    return model
 
 
 def _tp_pruner(model, ratio, steps=1):
@@ -101,43 +128,53 @@ def problem(bench_device, quick):
     with quick_threads(quick):
         cond = bench_conditions(bench_device, quick)
         dense = dense_with_random_gamma(cond["model"])
-        ours = npdg_prune(dense)
-        tp_ratio = calibrate_tp_ratio(dense, ours, step=0.05 if quick else STEP)
-        theirs = tp_prune(copy.deepcopy(dense), tp_ratio)
-        models = {"dense": dense, "npdg": ours, "torch_pruning": theirs}  # CPU
+        bases = {"npdg": dense, "npdg_residual": with_random_stream_gamma(dense)}  # the model each pair prunes
+        models, tp_ratios = {"dense": dense}, {}  # CPU
+        for ours, (theirs, residual) in PAIRS.items():
+            base = bases[ours]
+            models[ours] = npdg_prune(base, residual)
+            tp_ratios[ours] = calibrate_tp_ratio(base, models[ours], step=0.05 if quick else STEP)
+            models[theirs] = tp_prune(copy.deepcopy(base), tp_ratios[ours])
         on_device = {k: to_bench(copy.deepcopy(m), cond, bench_device) for k, m in models.items()}
         counts = {k: (flops(m, cond["size"]), params(m)) for k, m in on_device.items()}
-        yield {"cond": cond, "dense": dense, "tp_ratio": tp_ratio, "models": models, "on_device": on_device,
-               "counts": counts, "medians": {}}
+        yield {"cond": cond, "dense": dense, "bases": bases, "tp_ratios": tp_ratios, "models": models,
+               "on_device": on_device, "counts": counts, "medians": {}}
+
+
+def _mismatch(counts, ours: str) -> float:
+    return counts[PAIRS[ours][0]][0] / counts[ours][0] - 1
 
 
 def _info(benchmark, problem, provider, device):
     cond, counts = problem["cond"], problem["counts"]
     f, p = counts[provider]
     f_dense, p_dense = counts["dense"]
+    ours = PAIR_OF[provider]
     benchmark.extra_info.update(env_info(device))
     benchmark.extra_info.update(condition_info(cond))
-    benchmark.extra_info.update(provider=provider, npdg_ratio=RATIO, tp_ratio=problem["tp_ratio"], round_to=ROUND_TO,
+    benchmark.extra_info.update(provider=provider, npdg_ratio=RATIO, tp_ratio=problem["tp_ratios"][ours],
+                                round_to=ROUND_TO, prune_residual=provider != "dense" and PAIRS[ours][1],
                                 flops=f, flops_dense=f_dense, flops_ratio=f / f_dense, flops_reduction=f_dense / f,
-                                params=p, params_ratio=p / p_dense,
-                                flops_mismatch=counts["torch_pruning"][0] / counts["npdg"][0] - 1,
+                                params=p, params_ratio=p / p_dense, flops_mismatch=_mismatch(counts, ours),
                                 torch_pruning=tp.__version__)
 
 
-@pytest.mark.parametrize("provider", ["npdg", "torch_pruning"])
+@pytest.mark.parametrize("provider", ["npdg", "torch_pruning", "npdg_residual", "torch_pruning_residual"])
 def test_prune_wall_time(benchmark, provider, problem, bench_device, quick):
-    dense, ratio = problem["dense"], problem["tp_ratio"]
+    ours = PAIR_OF[provider]
+    dense, ratio = problem["bases"][ours], problem["tp_ratios"][ours]
     benchmark.group = f"prune {problem['cond']['model']} to equal FLOPs (CPU)"
     rounds = 1 if quick else 3
-    if provider == "npdg":
-        small = benchmark.pedantic(npdg_prune, args=(dense,), rounds=rounds, warmup_rounds=0 if quick else 1)
+    if provider in PAIRS:
+        small = benchmark.pedantic(npdg_prune, args=(dense, PAIRS[ours][1]), rounds=rounds,
+                                   warmup_rounds=0 if quick else 1)
     else:
         small = benchmark.pedantic(tp_prune, setup=lambda: ((copy.deepcopy(dense), ratio), {}), rounds=rounds)
     _info(benchmark, problem, provider, torch.device("cpu"))
     assert flops(small, CALIBRATION_SIZE) == flops(problem["models"][provider], CALIBRATION_SIZE)
 
 
-@pytest.mark.parametrize("provider", ["dense", "npdg", "torch_pruning"])
+@pytest.mark.parametrize("provider", ["dense", "npdg", "torch_pruning", "npdg_residual", "torch_pruning_residual"])
 def test_pruned_latency_equal_flops(benchmark, provider, problem, bench_device, quick):
     cond = problem["cond"]
     model = problem["on_device"][provider]
@@ -152,5 +189,4 @@ def test_pruned_latency_equal_flops(benchmark, provider, problem, bench_device, 
         if medians.get("dense") is not None:
             speedup = medians["dense"] / median
             benchmark.extra_info.update(speedup=speedup, efficiency=speedup / benchmark.extra_info["flops_reduction"])
-    counts = problem["counts"]
-    assert abs(counts["torch_pruning"][0] / counts["npdg"][0] - 1) < (0.1 if quick else 0.03)  # equal FLOPs
+    assert abs(_mismatch(problem["counts"], PAIR_OF[provider])) < (0.1 if quick else 0.03)  # equal FLOPs
