@@ -51,22 +51,21 @@ def _device(cfg: Config) -> tuple[torch.device, str]:
     return cli.resolve_device(want), ""
 
 
-def check_data(cfg: Config) -> dict:
+def check_data(cfg: Config) -> tuple:
     """Build the training set and every evaluation set (roots, split files) and decode the first samples'
-    labels (encoding); {SPEC: number of images}. Raises the loaders' one-line errors."""
+    labels (encoding); (training set, {SPEC: evaluation set}). Raises the loaders' one-line errors."""
     from npdg.data import DatasetError
     from npdg.data.labels import IGNORE_INDEX
     from npdg.train import eval_datasets, train_dataset
 
-    train_set = train_dataset(cfg)
-    sets = {f"{cfg.source} (train)": train_set, **eval_datasets(cfg)}
-    for spec, ds in sets.items():
+    train_set, val_sets = train_dataset(cfg), eval_datasets(cfg)
+    for spec, ds in {f"{cfg.source} (train)": train_set, **val_sets}.items():
         for i in range(min(2, len(ds))):
             _, label = ds.raw(i)  # the loaders raise DatasetError naming the file for ids outside their encoding
             if (label == IGNORE_INDEX).all():  # e.g. train-id PNGs where GTA5 label ids are expected
                 raise DatasetError(f"{spec}: no pixel of sample {ds.name(i)!r} maps to a class -- labels in "
                                    "another encoding than this loader reads?")
-    return {spec: len(ds) for spec, ds in sets.items()}
+    return train_set, val_sets
 
 
 class _SavedBytes:
@@ -95,34 +94,35 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     """Run the checks and the measured steps; print the projection (to ``out``, default stdout); return every
     number as a dict."""
     out = out or sys.stdout
-    from npdg.data.protocol import build_eval_dataset
     from npdg.eval import evaluate
     from npdg.loop import Context, batches
     from npdg.models import create_model
     from npdg.pruning import params
-    from npdg.train import Recipe, Run, eval_protocols, train_dataset
+    from npdg.train import Recipe, Run, eval_protocols
 
     t_start = time.perf_counter()
     cfg.check_files()
     device, note = _device(cfg)
     if note:
         print(f"note: {note}", file=out)
-    counts = check_data(cfg)
+    train_set, val_sets = check_data(cfg)  # (the dry run's steps use the same data: only the batch differs)
+    counts = {f"{cfg.source} (train)": len(train_set), **{spec: len(ds) for spec, ds in val_sets.items()}}
     model = create_model(cfg.model, num_classes=cfg.num_classes,
                          **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
     b = batch or (cfg.batch_size if device.type == "cuda" else min(cfg.batch_size, 2))
+    workers = min(cfg.workers, os.cpu_count() or 1)
     small = dataclasses.replace(
         cfg, iters=steps, finetune_iters=1 if cfg.prunes else 0, batch_size=b, val_num=1, dsp_warmup=0.0,
         sens_every=10**9, sens_batch=min(cfg.sens_batch, b), ckpt_every=10**9, log_every=10**9,
-        workers=min(cfg.workers, os.cpu_count() or 1), device=str(device), out="", eval_every=0)
+        workers=workers, device=str(device), out="", eval_every=0)
     ctx = Context(small, device)
     model = model.to(device)
     result: dict = {"parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
-                    "batch": b, "config_batch": cfg.batch_size, "crop": list(cfg.crop),
+                    "batch": b, "config_batch": cfg.batch_size, "crop": list(cfg.crop), "workers": workers,
                     "images": counts, "method": cfg.method, "model": cfg.model}
     with tempfile.TemporaryDirectory(prefix="npdg-dry-run-") as tmp:
         run = Run(small, Path(tmp), ctx)
-        run.train_set = train_dataset(small)
+        run.train_set = train_set
         recipe = Recipe(ctx, model)
         sens_s = []
         sparse_loss_fn = recipe.sparse_loss_fn
@@ -170,9 +170,8 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
         # one image per SPEC at its protocol's size
         eval_s = {}
         for spec, proto in eval_protocols(cfg).items():
-            ds = build_eval_dataset(spec, proto, split="val", num=1, seed=cfg.seed)
             t = time.perf_counter()
-            r = evaluate(small_model, torch.utils.data.Subset(ds, [0]), batch_size=1, device=device,
+            r = evaluate(small_model, torch.utils.data.Subset(val_sets[spec], [0]), batch_size=1, device=device,
                          progress=False, **proto.eval_kwargs())
             eval_s[spec] = {"seconds_per_image": time.perf_counter() - t, "protocol": str(proto),
                             "size": r["sizes"][0]}
@@ -219,8 +218,8 @@ def _print(cfg: Config, r: dict, out) -> None:
                  + (f"; fine-tune {r['finetune_step_s']:.2f} s" if "finetune_step_s" in r else ""))
     step_rate = r["batch"] / r["train_step_s"]
     bound = "data-bound: raise --workers" if r["data_img_per_s"] < step_rate else "compute-bound"
-    lines.append(f"  data   loader {r['data_img_per_s']:.1f} img/s with {min(cfg.workers, os.cpu_count() or 1)} "
-                 f"workers vs {step_rate:.1f} img/s trained -> {bound}")
+    lines.append(f"  data   loader {r['data_img_per_s']:.1f} img/s with {r['workers']} workers vs "
+                 f"{step_rate:.1f} img/s trained -> {bound}")
     for spec, e in r["eval"].items():
         lines.append(f"  eval   {spec}: {e['protocol']} -> {e['size'][0]}x{e['size'][1]}, "
                      f"{e['seconds_per_image']:.2f} s/image")

@@ -148,7 +148,7 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"compute_sensitivity: lam must be in [0, 1], got {lam}")
     n = images.shape[0]
-    groups = model.prunable_units(residual=True) if residual else model.prunable_units()
+    groups = model.prunable_units(residual=residual)
     unary, binary, upstream = {}, {}, []
     unary_rel, binary_rel = {}, {}
     styled = [False]
@@ -173,7 +173,7 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
             unary[name] = var.float()
             binary[name] = cov.float().abs().fill_diagonal_(0).sum(1)
             # scale-free: relative to each unit's own variance over all K*N*L samples (a dead unit: 0)
-            total = acts.transpose(0, 2).reshape(acts.shape[2], -1).float().var(1, unbiased=False)
+            total = acts.float().var(dim=(0, 1, 3), unbiased=False)
             inv = torch.where(total > 0, total.clamp_min(1e-30).rsqrt(), torch.zeros_like(total))
             rel = cov.float().abs() * inv[:, None] * inv[None, :]
             unary_rel[name] = rel.diagonal().clone()

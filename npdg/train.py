@@ -172,7 +172,7 @@ class Recipe:
         with torch.autocast(self.ctx.device.type, enabled=False):
             sens = compute_sensitivity(model, images[: cfg.sens_batch].float(), dsp, k=cfg.sens_k, lam=cfg.lam,
                                        precision=cfg.sens_precision, scale=cfg.sens_scale,
-                                       **({"residual": True} if cfg.prune_residual else {}))
+                                       residual=cfg.prune_residual)
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights
         self.last_sensitivity = sens

@@ -15,8 +15,10 @@ class PruningError(ValueError):
 def groups_by_name(model: nn.Module, residual: bool = False, names=()) -> dict:
     """{name: group} of ``model.prunable_units()``; the coupled residual groups too when ``residual`` or
     when ``names`` (e.g. a masks dict) mention a group the default declarations lack."""
+    if residual and supports_residual(model):  # (l1_penalty calls this every step: declare the groups once)
+        return {g.name: g for g in model.prunable_units(residual=True)}
     groups = {g.name: g for g in model.prunable_units()}
-    if (residual or set(names) - set(groups)) and supports_residual(model):
+    if set(names) - set(groups) and supports_residual(model):
         groups = {g.name: g for g in model.prunable_units(residual=True)}
     return groups
 
