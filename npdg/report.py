@@ -173,7 +173,7 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
              f"Source {cfg.source}; {steps['train']} training iterations, batch {cfg.batch_size}, crop "
              f"{cfg.crop[0]}x{cfg.crop[1]}" + (f"; prune ratio {cfg.ratio} (round_to {cfg.round_to}), "
                                                 f"{steps['finetune']} fine-tuning iterations" if cfg.prunes else "")
-             + f"{budget}. mIoU in percent; FLOPs at the eval size, batch 1.", "",
+             + f"{budget}. mIoU in percent; FLOPs at {'x'.join(map(str, flops_size(cfg)))}, batch 1.", "",
              *table_lines(cfg, metrics), ""]
     if cfg.prunes:
         lines += [f"final / dense: FLOPs {f['flops'] / d['flops']:.1%}, params {f['params'] / d['params']:.1%}.", ""]
