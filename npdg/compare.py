@@ -23,7 +23,6 @@ from pathlib import Path
 
 from npdg import checkpoint, cli
 
-PRUNING = ("slimming", "npdg")
 CONFIDENCE = 0.95
 
 
@@ -43,10 +42,12 @@ def _number(v, what: str) -> float:
 
 def _steps(m: dict, cfg: dict) -> dict:
     """{"train": N, "finetune": M}: metrics.json's record, or (a run from before it) what its config ran."""
-    steps = m.get("steps")
-    if steps is None:
-        prunes = m.get("method", cfg.get("method")) in PRUNING
-        steps = {"train": cfg["iters"], "finetune": cfg["finetune_iters"] if prunes else 0}
+    from npdg.config import PRUNING_METHODS
+    from npdg.report import steps_or_config
+
+    recorded = m.get("steps")
+    prunes = m.get("method", cfg.get("method")) in PRUNING_METHODS
+    steps = recorded if recorded is not None else steps_or_config({}, cfg["iters"], cfg["finetune_iters"], prunes)
     return {k: int(_number(steps[k], f"steps.{k}")) for k in ("train", "finetune")}
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 METHODS = ("erm", "slimming", "dsp", "npdg")
+PRUNING_METHODS = ("slimming", "npdg")  # the methods with a prune + fine-tune stage
 DSP_LEVELS = ("feature", "image")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
@@ -219,7 +220,7 @@ class Config:
 
     @property
     def prunes(self) -> bool:
-        return self.method in ("slimming", "npdg")
+        return self.method in PRUNING_METHODS
 
     @property
     def uses_dsp(self) -> bool:

@@ -51,9 +51,14 @@ def unseen_mean(entry: dict, cfg) -> float | None:
 def stage_steps(cfg, history: dict) -> dict:
     """{"train": N, "finetune": M}: the optimiser steps each stage ran, as recorded by Run.optimise; a run resumed
     from a checkpoint written before that record existed falls back to its config (the stages ran to the end)."""
-    ran = history.get("steps", {})
-    return {"train": ran.get("train", cfg.iters),
-            "finetune": ran.get("finetune", cfg.finetune_iters if cfg.prunes else 0)}
+    return steps_or_config(history.get("steps", {}), cfg.iters, cfg.finetune_iters, cfg.prunes)
+
+
+def steps_or_config(recorded: dict, iters: int, finetune_iters: int, prunes: bool) -> dict:
+    """{"train", "finetune"} from ``recorded`` where it has them, else what the config ran (a method without a
+    prune fine-tunes 0 steps); shared by the report and by npdg.compare reading older metrics files."""
+    return {"train": recorded.get("train", iters),
+            "finetune": recorded.get("finetune", finetune_iters if prunes else 0)}
 
 
 def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
