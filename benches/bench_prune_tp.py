@@ -17,7 +17,9 @@ to that model's FLOPs in the same way. It runs on a copy of the dense model whos
 random as well (``dense_with_random_gamma`` randomises the default groups only, so every stream γ would be
 1); the default groups' γ's are unchanged and the first pair keeps the original model, so its rows see
 exactly what they saw before. Rows record ``prune_residual``, and ``tp_ratio`` / ``flops_mismatch`` of their
-own pair (the dense row: of the first pair).
+own pair (the dense row: of the first pair). A third pair, ``npdg_residual_exact`` /
+``torch_pruning_residual_exact``, is the second with ``exact_ratio=True`` (the unit ratio is the fraction
+actually removed per kind, instead of rounding every group's kept count up); rows record ``exact_ratio``.
 
 Timed prune: npdg = ``select_masks`` + ``compact`` (a new model); Torch-Pruning = building the pruner
 (tracing the dependency graph) + ``step()`` on a deep copy (the copy itself is not timed). Latency
@@ -54,14 +56,17 @@ CALIBRATION_SIZE = (64, 128)
 STEP = 0.02  # calibration step of Torch-Pruning's ratio: ~3 % of FLOPs on R50
 
 
-# npdg provider -> (its Torch-Pruning provider at equal FLOPs, prune_residual)
-PAIRS = {"npdg": ("torch_pruning", False), "npdg_residual": ("torch_pruning_residual", True)}
-PAIR_OF = {p: ours for ours, (theirs, _) in PAIRS.items() for p in (ours, theirs)}
+# npdg provider -> (its Torch-Pruning provider at equal FLOPs, prune_residual, exact_ratio)
+PAIRS = {"npdg": ("torch_pruning", False, False), "npdg_residual": ("torch_pruning_residual", True, False),
+         "npdg_residual_exact": ("torch_pruning_residual_exact", True, True)}
+PROVIDERS = [p for ours, (theirs, _, _) in PAIRS.items() for p in (ours, theirs)]
+PAIR_OF = {p: ours for ours, (theirs, _, _) in PAIRS.items() for p in (ours, theirs)}
 PAIR_OF["dense"] = "npdg"
 
 
-def npdg_prune(model, residual: bool = False):
-    return compact(model, select_masks(model, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual))
+def npdg_prune(model, residual: bool = False, exact: bool = False):
+    return compact(model, select_masks(model, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual,
+                                       exact_ratio=exact))
 
 
 def with_random_stream_gamma(dense, seed: int = 1):
@@ -128,11 +133,12 @@ def problem(bench_device, quick):
     with quick_threads(quick):
         cond = bench_conditions(bench_device, quick)
         dense = dense_with_random_gamma(cond["model"])
-        bases = {"npdg": dense, "npdg_residual": with_random_stream_gamma(dense)}  # the model each pair prunes
+        streams = with_random_stream_gamma(dense)
+        bases = {"npdg": dense, "npdg_residual": streams, "npdg_residual_exact": streams}  # what each pair prunes
         models, tp_ratios = {"dense": dense}, {}  # CPU
-        for ours, (theirs, residual) in PAIRS.items():
+        for ours, (theirs, residual, exact) in PAIRS.items():
             base = bases[ours]
-            models[ours] = npdg_prune(base, residual)
+            models[ours] = npdg_prune(base, residual, exact)
             tp_ratios[ours] = calibrate_tp_ratio(base, models[ours], step=0.05 if quick else STEP)
             models[theirs] = tp_prune(copy.deepcopy(base), tp_ratios[ours])
         on_device = {k: to_bench(copy.deepcopy(m), cond, bench_device) for k, m in models.items()}
@@ -154,19 +160,20 @@ def _info(benchmark, problem, provider, device):
     benchmark.extra_info.update(condition_info(cond))
     benchmark.extra_info.update(provider=provider, npdg_ratio=RATIO, tp_ratio=problem["tp_ratios"][ours],
                                 round_to=ROUND_TO, prune_residual=provider != "dense" and PAIRS[ours][1],
+                                exact_ratio=provider != "dense" and PAIRS[ours][2],
                                 flops=f, flops_dense=f_dense, flops_ratio=f / f_dense, flops_reduction=f_dense / f,
                                 params=p, params_ratio=p / p_dense, flops_mismatch=_mismatch(counts, ours),
                                 torch_pruning=tp.__version__)
 
 
-@pytest.mark.parametrize("provider", ["npdg", "torch_pruning", "npdg_residual", "torch_pruning_residual"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_prune_wall_time(benchmark, provider, problem, bench_device, quick):
     ours = PAIR_OF[provider]
     dense, ratio = problem["bases"][ours], problem["tp_ratios"][ours]
     benchmark.group = f"prune {problem['cond']['model']} to equal FLOPs (CPU)"
     rounds = 1 if quick else 3
     if provider in PAIRS:
-        small = benchmark.pedantic(npdg_prune, args=(dense, PAIRS[ours][1]), rounds=rounds,
+        small = benchmark.pedantic(npdg_prune, args=(dense, *PAIRS[ours][1:]), rounds=rounds,
                                    warmup_rounds=0 if quick else 1)
     else:
         small = benchmark.pedantic(tp_prune, setup=lambda: ((copy.deepcopy(dense), ratio), {}), rounds=rounds)
@@ -174,7 +181,7 @@ def test_prune_wall_time(benchmark, provider, problem, bench_device, quick):
     assert flops(small, CALIBRATION_SIZE) == flops(problem["models"][provider], CALIBRATION_SIZE)
 
 
-@pytest.mark.parametrize("provider", ["dense", "npdg", "torch_pruning", "npdg_residual", "torch_pruning_residual"])
+@pytest.mark.parametrize("provider", ["dense", *PROVIDERS])
 def test_pruned_latency_equal_flops(benchmark, provider, problem, bench_device, quick):
     cond = problem["cond"]
     model = problem["on_device"][provider]

@@ -1,6 +1,7 @@
 """Run: python benches/prune_residual_r50.py benches/results/cpu_2core_prune_residual_r50.json
 
-R50 DeepLabV3+, ratio 0.3, round_to 8, random γ: FLOPs fraction with / without --prune_residual, prune wall time."""
+R50 DeepLabV3+, ratio 0.3, round_to 8, random γ: FLOPs fraction with / without --prune_residual (and with
+exact_ratio: the ratio is the fraction actually removed, see npdg.pruning.select), prune wall time."""
 import json
 import platform
 import statistics
@@ -22,14 +23,18 @@ with torch.no_grad():  # bench_pruned.dense_with_random_gamma, plus every stream
             gm.copy_(torch.rand(g.size, generator=gen))
 f_dense, p_dense = flops(dense, SIZE), params(dense)
 rows = {}
-for residual in (False, True):
+for residual, exact in ((False, False), (True, False), (False, True), (True, True)):
     times = []
     for _ in range(REPEATS):
         t = time.perf_counter()
-        small = compact(dense, select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual))
+        small = compact(dense, select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual,
+                                            exact_ratio=exact))
         times.append(time.perf_counter() - t)
     f, p = flops(small, SIZE), params(small)
-    rows["prune_residual" if residual else "default"] = {
+    masks = select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual, exact_ratio=exact)
+    removed = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    rows[("prune_residual" if residual else "default") + ("_exact_ratio" if exact else "")] = {
+        "units_removed_fraction": round(removed, 4),
         "flops": f, "flops_fraction": round(f / f_dense, 4), "params": p, "params_fraction": round(p / p_dense, 4),
         "prune_compact_s_median": round(statistics.median(times), 4),
         "prune_compact_s_all": [round(t, 4) for t in times],

@@ -69,6 +69,9 @@ class Config:
     threshold: float = 0.0  # > 0: remove units with importance < threshold instead of a ratio
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
+    exact_ratio: bool = False  # ratio = the fraction of units actually removed per kind (whole round_to steps
+    #   taken back from the groups whose next step scores lowest); False: every group's kept count is rounded
+    #   UP, so a little less than ratio goes and no unit above the cut does (see npdg.pruning.select)
     prune_residual: bool = False  # slimming / npdg: also prune the residual streams (coupled groups, one per
     #   ResNet stage; DeepLabV3+ R18/R50/R101 only), ranked by mean |γ| over a stream's BNs; the sparsity
     #   penalty then also covers those γ (see npdg.pruning.select / sparsity)
@@ -144,6 +147,8 @@ class Config:
                           ("eval_every", 0), ("val_num", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.exact_ratio and self.threshold > 0:
+            raise ConfigError("exact_ratio needs ratio (threshold > 0 removes units below it; no target count)")
         if self.budget < 0:
             raise ConfigError(f"budget must be >= 0 (0 = off), got {self.budget}")
         if self.budget and self.prunes and self.budget <= self.finetune_iters:

@@ -304,7 +304,7 @@ class Run:
                                   threshold=cfg.threshold if cfg.threshold > 0 else None,
                                   round_to=cfg.round_to, min_keep=cfg.min_keep,
                                   scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual),
-                                  prune_residual=cfg.prune_residual)
+                                  prune_residual=cfg.prune_residual, exact_ratio=cfg.exact_ratio)
             flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
             if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
                 self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, chosen)

@@ -22,6 +22,13 @@ most the requested one. Within a group the kept units are always its k highest-s
 that scale each channel; ``ratio`` removes that fraction of all residual channels too, with the same
 ``min_keep`` / ``round_to`` rules. ``scores`` may omit the residual groups (they then get that default
 importance). A model that declares no residual groups raises :class:`PruningError` naming it.
+
+``exact_ratio=True`` (ratio only; default False) makes ``ratio`` the fraction actually removed per kind:
+rounding up leaves fewer units removed than asked (R50, ratio 0.3, round_to 8: 28.7 % of the channels),
+so whole steps are then taken back, one at a time, from the group whose next step's best unit scores
+lowest, while that brings the kind's removed count closer to ratio·N (it ends within half a step of it).
+Within a group the kept units are still its k best; a unit scoring above the global cut can now go, which
+is why it is not the default.
 """
 
 from __future__ import annotations
@@ -61,6 +68,29 @@ def _kept_count(group, removed: int, round_to: int, min_keep: int) -> int:
     return min(size, math.ceil(k / step) * step)
 
 
+def _fill_to_ratio(groups, names, scores, kept, n_remove, round_to, min_keep) -> None:
+    """exact_ratio: lower kept counts (in place) by whole steps until the kind's removed count is as close
+    to n_remove as steps allow; each step comes from the group whose best unit in that step scores lowest."""
+    order = {n: torch.sort(scores[n], descending=True, stable=True).values for n in names}
+    removed = sum(groups[n].size - kept[n] for n in names)
+    while True:
+        deficit, best = n_remove - removed, None
+        for n in names:
+            g, k = groups[n], kept[n]
+            step = unit_step(g, round_to)
+            lower = (k - 1) // step * step  # the next kept count below k that round_to allows
+            if lower < _kept_count(g, g.size, round_to, min_keep) or not 0 < k - lower < 2 * deficit:
+                continue  # below the group's minimum, or the step would overshoot more than it closes
+            cost = float(order[n][lower])  # the best unit that step would remove
+            if best is None or cost < best[0]:
+                best = (cost, n, lower)
+        if best is None:
+            return
+        _, n, lower = best
+        removed += kept[n] - lower
+        kept[n] = lower
+
+
 def select_masks(
     model: nn.Module,
     ratio: float | None = None,
@@ -69,6 +99,7 @@ def select_masks(
     min_keep: int = 1,
     scores: dict | None = None,
     prune_residual: bool = False,
+    exact_ratio: bool = False,
 ) -> dict[str, torch.Tensor]:
     """{group name: bool keep-mask (size,)} for every prunable group (see the module docstring).
 
@@ -76,6 +107,8 @@ def select_masks(
     :func:`npdg.pruning.unit_importance` (|γ| for BN, the gate path scale the sparsity penalty shrinks).
     """
     _check_args(ratio, threshold, round_to, min_keep)
+    if exact_ratio and ratio is None:
+        raise PruningError("exact_ratio needs ratio= (a threshold has no target count)")
     if prune_residual:
         require_residual(model)
     groups = groups_by_name(model, residual=prune_residual)
@@ -105,11 +138,13 @@ def select_masks(
         else:
             removed_flat = flat < threshold
         removed = dict(zip(names, removed_flat.split([groups[n].size for n in names]), strict=True))
+        kept = {n: _kept_count(groups[n], int(removed[n].sum()), round_to, min_keep) for n in names}
+        if exact_ratio:
+            _fill_to_ratio(groups, names, scores, kept, n_remove, round_to, min_keep)
         for n in names:
             g = groups[n]
-            k = _kept_count(g, int(removed[n].sum()), round_to, min_keep)
             keep = torch.zeros(g.size, dtype=torch.bool)
             # the k best of the group; a stable sort keeps the lower index among equal scores
-            keep[torch.argsort(scores[n], descending=True, stable=True)[:k]] = True
+            keep[torch.argsort(scores[n], descending=True, stable=True)[:kept[n]]] = True
             masks[n] = keep.to(g.gamma().device)
     return masks
