@@ -16,6 +16,7 @@ from pathlib import Path
 METHODS = ("erm", "slimming", "dsp", "npdg")
 PRUNING_METHODS = ("slimming", "npdg")  # the methods with a prune + fine-tune stage
 DSP_LEVELS = ("feature", "image")
+LR_SCHEDULES = ("stage", "run")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
 
@@ -79,6 +80,9 @@ class Config:
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 60 for npdg (DSP steps cost 1.6x; its prune costs <= 1.4 source)
     finetune_lr: float = 0.0  # 0 = lr
+    lr_schedule: str = "stage"  # stage: each stage its own poly decay from its lr to 0 (the paper's fine-tune
+    #   restarts at lr); run: one poly decay over train + fine-tune steps, the fine-tune continuing where the
+    #   train stage stopped (what a method without a prune gets over the same budget)
 
     # --- DSP: differentiable style perturbation (dsp, npdg)
     dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
@@ -147,6 +151,11 @@ class Config:
                           ("eval_every", 0), ("val_num", 0)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule == "run" and self.finetune_lr > 0:
+            raise ConfigError("finetune_lr restarts the fine-tune's decay; lr_schedule=run continues the train "
+                              "stage's (leave finetune_lr 0)")
         if self.exact_ratio and self.threshold > 0:
             raise ConfigError("exact_ratio needs ratio (threshold > 0 removes units below it; no target count)")
         if self.budget < 0:

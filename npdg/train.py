@@ -98,6 +98,14 @@ def eval_datasets(cfg: Config) -> dict:
 
 # --- the method's loss terms -------------------------------------------------------------------------
 
+def lr_factor(cfg, stage: str):
+    """The LR multiplier of `stage` ("train" / "finetune") at its step k (see Config.lr_schedule)."""
+    if cfg.lr_schedule == "run" and cfg.prunes:
+        decay, offset = poly(cfg.iters + cfg.finetune_iters, cfg.poly_power), cfg.iters if stage == "finetune" else 0
+        return lambda k: decay(offset + k)
+    return poly(cfg.iters if stage == "train" else cfg.finetune_iters, cfg.poly_power)
+
+
 class Recipe:
     """The loss of one step for cfg.method: task loss (plain or DSP) + the sparsity term while sparse
     training. Owns the DSP module and the sensitivity weights (both part of the resumable state)."""
@@ -255,7 +263,7 @@ class Run:
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, poly(iters, cfg.poly_power))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, stage))
         start = 0
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])

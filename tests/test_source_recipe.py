@@ -72,3 +72,43 @@ def test_new_keys_are_range_checked():
         load_config(None, ["--prune_sens=-1"])
     with pytest.raises(ConfigError, match="dsp_copy"):
         load_config(None, ["--dsp_copy", "--dsp_level=image"])
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        load_config(None, ["--lr_schedule=cosine"])
+    with pytest.raises(ConfigError, match="lr_schedule=run continues"):
+        load_config(None, ["--lr_schedule=run", "--finetune_lr=0.001"])
+    with pytest.raises(ConfigError, match="exact_ratio needs ratio"):
+        load_config(None, ["--exact_ratio", "--threshold=0.1"])
+
+
+@pytest.mark.parametrize("method", ["npdg", "erm"])
+def test_lr_schedule_run_is_one_decay_over_the_budget(method):
+    from npdg.loop import poly
+    from npdg.train import lr_factor
+
+    cfg = load_config(None, [f"--method={method}", "--budget=260", "--lr_schedule=run"])
+    whole = poly(260, cfg.poly_power)
+    if method == "erm":  # nothing to continue: the train stage is the budget
+        assert [lr_factor(cfg, "train")(k) for k in (0, 100, 259)] == [whole(k) for k in (0, 100, 259)]
+        return
+    assert (cfg.iters, cfg.finetune_iters) == (200, 60)
+    train, ft = lr_factor(cfg, "train"), lr_factor(cfg, "finetune")
+    assert [train(k) for k in range(200)] + [ft(k) for k in range(61)] == [whole(k) for k in range(261)]
+    assert ft(60) == 0.0 and 0.25 < ft(0) < 0.3  # (60/260)^0.9: continues, no restart at lr
+    stage = load_config(None, [f"--method={method}", "--budget=260"])  # default: each stage decays on its own
+    assert lr_factor(stage, "finetune")(0) == 1.0 and lr_factor(stage, "train")(200) == 0.0
+
+
+def test_lr_schedule_run_end_to_end(tmp_path):
+    import json
+
+    from npdg.train import main
+
+    tiny = ["--method=slimming", "--iters=4", "--finetune_iters=2", "--train_num=4", "--val_num=2", "--crop=40x72",
+            "--eval_size=40x72", "--workers=0", "--batch_size=2", "--log_every=1", "--targets=synthetic:fog",
+            "--model=deeplabv3plus_r18", "--lr=0.01", "--poly_power=1", "--lr_schedule=run", "--out", str(tmp_path)]
+    main(tiny)
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    lrs = [(r["stage"], r["step"], round(r["lr"], 6)) for r in rows if "lr" in r]
+    # the LR after each step of one linear decay over 6 steps: 0.01 * (1 - k/6), k = 1..6
+    assert lrs == [("train", k, round(0.01 * (1 - k / 6), 6)) for k in range(1, 5)] + \
+                  [("finetune", k, round(0.01 * (1 - (4 + k) / 6), 6)) for k in range(1, 3)]
