@@ -6,6 +6,7 @@
     python -m npdg.profile --checkpoint final.pt                 # one model: latency + per-layer shares
     python -m npdg.profile --sweep deeplabv3plus_r50 --size 256x512 --ratios 0,0.1,0.2,0.3,0.4,0.5 \\
         --round_to 1,8 --plot sweep.png --json sweep.json        # random-γ prune + compact at each ratio
+    python -m npdg.profile --sweep deeplabv3plus_r50 --ratios 0,0.3 --prune_residual   # residual streams too
     python -m npdg.profile --checkpoint runs/x --runtime eager onnxruntime   # the same, in two runtimes
     python -m npdg.profile --sweep deeplabv3plus_r50 --ratios 0,0.3 --round_to 1,8,16,32 --runtime eager onnxruntime
 

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], help="sweep: unit ratios (default 0,0.1,...,0.6)")
     p.add_argument("--round_to", "--round-to", dest="round_to", type=_round_tos, default=[1, 8],
                    help="sweep: round_to values, one line each (default 1,8)")
+    p.add_argument("--prune_residual", "--prune-residual", dest="prune_residual", action="store_true",
+                   help="sweep: also prune the coupled residual streams at each ratio (DeepLabV3+ ResNets: "
+                        "deeplabv3plus_r18/_r50/_r101; other models: error)")
     p.add_argument("--layers-at", type=lambda t: _parse_floats(t, "--layers-at", 0.0, 1.0)[0], default=None,
                    help="sweep: per-layer comparison of the dense model with the model at this ratio")
     p.add_argument("--seed", type=int, default=0, help="sweep: seed of the weights and the random scores")
@@ -99,6 +102,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.compare is not None and args.checkpoint is None:
         parser.error("--compare needs --checkpoint")
+    if args.prune_residual and args.sweep is None:
+        parser.error("--prune_residual needs --sweep (a checkpoint keeps the widths it was saved with)")
     return cli.guard(parser.prog, args.debug, lambda: _run(args))
 
 
@@ -112,7 +117,8 @@ def _run(args) -> int:
                  runtimes=tuple(rt for group in (args.runtime or [["eager"]]) for rt in group))
     s.device = str(resolve_device(args.device))
     if args.sweep is not None:
-        report = P.sweep(args.sweep, args.ratios, args.round_to, s, seed=args.seed, layers_at=args.layers_at)
+        report = P.sweep(args.sweep, args.ratios, args.round_to, s, seed=args.seed, layers_at=args.layers_at,
+                         prune_residual=args.prune_residual)
     else:
         report = P.profile_checkpoints(P.checkpoint_pair(args.checkpoint, args.compare), s)
     print(P.format_report(report, args.top))

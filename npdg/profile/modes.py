@@ -80,24 +80,34 @@ def profile_checkpoints(entries: list, s: Settings) -> dict:
 
 
 def sweep(model_name: str, ratio_list: list, round_tos: list, s: Settings, seed: int = 0,
-          layers_at: float | None = None, num_classes: int = 19) -> dict:
+          layers_at: float | None = None, num_classes: int = 19, prune_residual: bool = False) -> dict:
     """Random-γ pruning of `model_name` at every ratio x round_to, measured against the dense model in every
-    runtime of the settings (a point's speedup and efficiency are against the dense model in its runtime)."""
-    from npdg.models import available_models, create_model
+    runtime of the settings (a point's speedup and efficiency are against the dense model in its runtime).
+
+    ``prune_residual``: also prune the coupled residual streams (``select_masks(prune_residual=True)``; their
+    random scores are drawn after those of the other groups, so those get the same scores either way). A
+    model without residual-stream groups is a :class:`ProfileError`, raised before anything is built."""
+    from npdg.models import available_models, create_model, residual_models
     from npdg.pruning import compact, select_masks
 
     if model_name not in available_models():
         raise ProfileError(f"unknown model {model_name!r}; available: {', '.join(available_models())}")
+    if prune_residual and model_name not in residual_models():
+        raise ProfileError(f"--prune_residual: model {model_name} declares no residual-stream unit groups "
+                           f"(models that do: {', '.join(residual_models())})")
     rts = runtimes_of(s)
     check_runtimes(rts, s)
     torch.manual_seed(seed)
     dense = create_model(model_name, num_classes=num_classes).eval()
     gen = torch.Generator().manual_seed(seed)
-    scores = {g.name: torch.rand(g.size, generator=gen) for g in dense.prunable_units()}
-    report = {"mode": "sweep", "model": model_name, "seed": seed, "settings": asdict(s), "env": environment(s),
-              "versions": versions(), "runtimes": rts, "models": {}, "points": [], "layers": {}}
+    # residual=True appends the stream groups last: the other groups draw the same scores with or without them
+    scores = {g.name: torch.rand(g.size, generator=gen) for g in dense.prunable_units(residual=prune_residual)}
+    report = {"mode": "sweep", "model": model_name, "seed": seed, "prune_residual": prune_residual,
+              "settings": asdict(s), "env": environment(s), "versions": versions(), "runtimes": rts, "models": {},
+              "points": [], "layers": {}}
     models = {"dense": prepare(dense, s)}
-    report["models"]["dense"] = {"ratio": 0.0, "round_to": None, "prune_s": 0.0, **count(models["dense"], s)}
+    report["models"]["dense"] = {"ratio": 0.0, "round_to": None, "prune_residual": False, "prune_s": 0.0,
+                                 **count(models["dense"], s)}
     points = []  # (ratio, round_to, model key)
     for rt in round_tos:
         for r in ratio_list:
@@ -105,13 +115,15 @@ def sweep(model_name: str, ratio_list: list, round_tos: list, s: Settings, seed:
                 points.append((r, rt, "dense"))
                 continue
             t0 = time.perf_counter()
-            small = compact(dense, select_masks(dense, ratio=r, round_to=rt, scores=scores))
+            small = compact(dense, select_masks(dense, ratio=r, round_to=rt, scores=scores,
+                                                prune_residual=prune_residual))
             prune_s = time.perf_counter() - t0
             key = next((k for k, m in report["models"].items() if m["widths"] == small.widths()), None)
             if key is None:  # an identical architecture is measured once
                 key = f"r{r:g}_k{rt}"
                 models[key] = prepare(small, s)
-                report["models"][key] = {"ratio": r, "round_to": rt, "prune_s": prune_s, **count(models[key], s)}
+                report["models"][key] = {"ratio": r, "round_to": rt, "prune_residual": prune_residual,
+                                         "prune_s": prune_s, **count(models[key], s)}
             points.append((r, rt, key))
     with _Measuring(s, report):
         for b in s.batches:
@@ -121,7 +133,8 @@ def sweep(model_name: str, ratio_list: list, round_tos: list, s: Settings, seed:
                 for r, rt, key in points:
                     m = report["models"][key]
                     report["points"].append({
-                        "runtime": runtime, "ratio": r, "round_to": rt, "batch": b, "model": key, "flops": m["flops"],
+                        "runtime": runtime, "ratio": r, "round_to": rt, "prune_residual": prune_residual,
+                        "batch": b, "model": key, "flops": m["flops"],
                         "params": m["params"], "latency": lat[key],
                         "vs_first_runtime": lats[rts[0]][key]["median_ms"] / lat[key]["median_ms"],
                         **ratios(lat["dense"], lat[key], report["models"]["dense"], m)})
