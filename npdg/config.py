@@ -74,8 +74,8 @@ class Config:
     #   taken back from the groups whose next step scores lowest); False: every group's kept count is rounded
     #   UP, so a little less than ratio goes and no unit above the cut does (see npdg.pruning.select)
     prune_residual: bool = False  # slimming / npdg: also prune the residual streams (coupled groups, one per
-    #   ResNet stage; DeepLabV3+ R18/R50/R101 only), ranked by mean |γ| over a stream's BNs; the sparsity
-    #   penalty then also covers those γ (see npdg.pruning.select / sparsity)
+    #   ResNet / MiT stage; DeepLabV3+ R18/R50/R101, SegFormer), ranked by mean |γ| over a stream's BNs
+    #   (MiT: LayerNorms); the sparsity penalty then also covers those γ (see npdg.pruning.select / sparsity)
     finetune_iters: int = -1  # fine-tuning steps of the compacted model (own poly schedule); -1 = the method's
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 60 for npdg (DSP steps cost 1.6x; its prune costs <= 1.4 source)

@@ -228,7 +228,8 @@ def prune_scores(model, sens, alpha: float, residual: bool = False) -> dict | No
     """What the prune ranks: None (the default importance, |γ| or the gate path scale) unless ``alpha`` > 0
     and a sensitivity pass exists; then importance / w_rel**alpha with w_rel the pass's scale-free weights,
     so of two equally important units the more style-sensitive one goes first. ``residual``: the coupled
-    residual groups too (mean |γ| over a stream's BNs; a stream the pass did not see keeps plain importance)."""
+    residual groups too (mean |γ| over a stream's BNs / LayerNorms; a stream the pass did not see keeps
+    plain importance)."""
     if alpha <= 0 or sens is None:
         return None
     from npdg.pruning import unit_importance

@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run under the interpreter, which @triton.jit reads when it decorates a
+# kernel: set it before any test module imports npdg.kernels (CI exports it too; this covers any subset of
+# files, e.g. one whose imports reach npdg.kernels before test_sensitivity.py sets it)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="module")

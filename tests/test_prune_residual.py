@@ -116,17 +116,17 @@ def test_models_without_residual_groups_are_refused():
     assert len(vgg.prunable_units(residual=True)) == len(vgg.prunable_units())
     with pytest.raises(PruningError, match="model deeplab_vgg16 declares no residual-stream"):
         select_masks(vgg, ratio=0.3, prune_residual=True)
-    assert "segformer_b0" not in npdg.models.residual_models()
+    assert "deeplab_vgg16" not in npdg.models.residual_models()
 
 
 def test_prune_residual_config_on_a_model_without_streams_exits_2(tmp_path, capsys):
     from npdg.train import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["--model=segformer_b0", "--prune_residual=true", "--out", str(tmp_path / "r")])
+        main(["--model=deeplab_vgg16", "--prune_residual=true", "--out", str(tmp_path / "r")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "model segformer_b0 declares no residual-stream" in err
+    assert len(err.splitlines()) == 1 and "model deeplab_vgg16 declares no residual-stream" in err
     assert not (tmp_path / "r").exists()
 
 

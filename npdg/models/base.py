@@ -2,7 +2,8 @@
 
 * ``forward(x (N, 3, H, W)) -> logits (N, num_classes, H, W)`` for any H, W.
 * ``prunable_units(residual=False) -> list[UnitGroup]`` (see ``units.py``); ``residual=True`` adds the
-  coupled residual-stream groups of models whose ``supports_residual()`` is True (DeepLabV3+ ResNet).
+  coupled residual-stream groups of models whose ``supports_residual()`` is True
+  (DeepLabV3+ ResNet, SegFormer).
 * ``style_layer``: the early backbone module (after the stem / first stage, output stride 4) whose
   output (N, ``style_channels``, H/4, W/4) a forward hook may replace to perturb feature style, e.g.
   ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.

@@ -11,6 +11,21 @@ Pruning additions (both init to 1, so an unpruned model computes exactly what Se
 * ``mlp.hidden_gate`` (Gate, (hidden,)) multiplies the Mix-FFN hidden channels after fc1 -> 3x3
   depthwise conv -> GELU, i.e. right before ``fc2``.
 Widths keys: ``stages.{i}.blocks.{j}.attn.head_gate`` (kept heads) and ``....mlp.hidden_gate``.
+
+Residual streams (``stream_groups``, declared only with ``prunable_units(residual=True)``): stage i's
+token stream of width ``dims[i]`` is ONE coupled group (``CoupledGroup``, kind "residual", widths key
+``stages.{i}.residual``). Channel c is exactly 0 everywhere in the masked model because every WRITER of
+the stream outputs 0 in c: the patch-embed conv (filter and bias c), the patch-embed LayerNorm (γ_c = β_c
+= 0), every block's ``attn.proj`` and ``mlp.fc2`` (row and bias c); every READER LayerNorm (``norm1``,
+``norm2``, the stage ``norm``) has γ_c = β_c = 0 too, so the columns c of its readers (``q``; ``kv``
+without spatial reduction, else the ``sr`` conv -- ``attn.norm`` normalises the sr OUTPUT, which keeps
+the dense width; ``fc1``; the next stage's patch-embed conv; the decoder's ``linear_c[i]``) read 0 and
+are sliced away. The LayerNorms over a stream (:class:`StreamLayerNorm`) keep the statistics of the
+dense width C0 after compaction (``norm_count`` = C0: the removed channels were exactly 0), so the
+compacted model equals the masked one. ``norm_count`` is implied by the architecture (always the dense
+stage width), so a ``widths`` dict rebuilds it and a dense model computes plain ``F.layer_norm``.
+Importance of a stream channel: the mean |γ| over the stream's LayerNorms (patch-embed norm, every
+norm1/norm2, the stage norm); it is observed for sensitivity at the stage output.
 """
 
 from __future__ import annotations
@@ -21,14 +36,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npdg.models.units import Gate, TensorSlice, UnitGroup, sub_widths
+from npdg.models.units import CoupledGroup, Gate, TensorSlice, UnitGroup, input_channels, sub_widths
+
+
+class StreamLayerNorm(nn.LayerNorm):
+    """LayerNorm over a (possibly pruned) residual stream: statistics over ``norm_count`` >= width channels.
+
+    ``norm_count`` = the dense stream width C0. The channels a pruned stream lost were exactly 0, so
+    μ = Σx / C0 and var = (Σ(x - μ)² + (C0 - C)·μ²) / C0 (the removed zeros each add (0 - μ)²) are the
+    dense model's statistics. When ``norm_count`` equals the width (every unpruned model) the forward is
+    plain ``F.layer_norm``, bit-identical to ``nn.LayerNorm``; the state dict is that of nn.LayerNorm.
+    """
+
+    def __init__(self, dim: int, norm_count: int | None = None, eps: float = 1e-5):
+        super().__init__(dim, eps=eps)
+        self.norm_count = int(norm_count if norm_count is not None else dim)
+        if self.norm_count < dim:
+            raise ValueError(f"norm_count {self.norm_count} < width {dim}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = self.normalized_shape[0]
+        if self.norm_count == width:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in >= fp32, as F.layer_norm
+        count = float(self.norm_count)
+        mean = xf.sum(-1, keepdim=True) / count
+        centred = xf - mean
+        var = (centred.square().sum(-1, keepdim=True) + (count - width) * mean.square()) / count
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.to(y.dtype) + self.bias.to(y.dtype)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, norm_count={self.norm_count}"
 
 
 class OverlapPatchEmbed(nn.Module):
-    def __init__(self, cin, dim, patch, stride):
+    def __init__(self, cin, dim, patch, stride, width=None):
         super().__init__()
-        self.proj = nn.Conv2d(cin, dim, patch, stride, patch // 2)
-        self.norm = nn.LayerNorm(dim)
+        width = width or dim
+        self.proj = nn.Conv2d(cin, width, patch, stride, patch // 2)
+        self.norm = StreamLayerNorm(width, dim)
 
     def forward(self, x):
         x = self.proj(x)
@@ -39,20 +88,21 @@ class OverlapPatchEmbed(nn.Module):
 class EfficientAttention(nn.Module):
     """Multi-head attention whose keys/values come from a sequence spatially reduced by ``sr_ratio``."""
 
-    def __init__(self, dim, num_heads, sr_ratio, kept_heads=None):
+    def __init__(self, dim, num_heads, sr_ratio, kept_heads=None, width=None):
         super().__init__()
+        width = width or dim  # the (possibly pruned) stream width; dim = the dense one
         self.head_dim = dim // num_heads
         self.num_heads = kept_heads if kept_heads is not None else num_heads
         inner = self.num_heads * self.head_dim
         self.scale = self.head_dim**-0.5
-        self.q = nn.Linear(dim, inner)
-        self.kv = nn.Linear(dim, 2 * inner)
+        self.q = nn.Linear(width, inner)
+        self.kv = nn.Linear(dim if sr_ratio > 1 else width, 2 * inner)
         self.sr_ratio = sr_ratio
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+        if sr_ratio > 1:  # the reduced sequence keeps the dense width: only sr's input reads the stream
+            self.sr = nn.Conv2d(width, dim, sr_ratio, sr_ratio)
             self.norm = nn.LayerNorm(dim)
         self.head_gate = Gate(self.num_heads)
-        self.proj = nn.Linear(inner, dim)
+        self.proj = nn.Linear(inner, width)
 
     def forward(self, x, h, w):
         n, length, dim = x.shape
@@ -91,7 +141,7 @@ class MixFFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.act = nn.GELU()
         self.hidden_gate = Gate(hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim)  # dim: the (possibly pruned) stream width
 
     def forward(self, x, h, w):
         n, length, _ = x.shape
@@ -122,13 +172,22 @@ class DropPath(nn.Module):
 
 
 class MiTBlock(nn.Module):
-    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path, widths):
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio, drop_path, widths, width=None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = EfficientAttention(dim, num_heads, sr_ratio, widths.get("attn.head_gate"))
+        width = width or dim  # the (possibly pruned) stream width; dim = the dense one
+        self.norm1 = StreamLayerNorm(width, dim)
+        self.attn = EfficientAttention(dim, num_heads, sr_ratio, widths.get("attn.head_gate"), width)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MixFFN(dim, widths.get("mlp.hidden_gate", dim * mlp_ratio))
+        self.norm2 = StreamLayerNorm(width, dim)
+        self.mlp = MixFFN(width, widths.get("mlp.hidden_gate", dim * mlp_ratio))
+
+    def stream_slices(self) -> tuple[list[TensorSlice], list[TensorSlice]]:
+        """(writer / LayerNorm rows, reader columns) of the block on its stage's stream."""
+        rows = [TensorSlice(m, a, 0) for m in (self.norm1, self.attn.proj, self.norm2, self.mlp.fc2)
+                for a in ("weight", "bias")]
+        reduce = self.attn.sr if self.attn.sr_ratio > 1 else self.attn.kv
+        cols = [input_channels(self.attn.q), input_channels(reduce), input_channels(self.mlp.fc1)]
+        return rows, cols
 
     def forward(self, x, h, w):
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
@@ -140,12 +199,15 @@ class MiTStage(nn.Module):
 
     def __init__(self, cin, dim, patch, stride, depth, num_heads, sr_ratio, mlp_ratio, drop_paths, widths):
         super().__init__()
-        self.patch_embed = OverlapPatchEmbed(cin, dim, patch, stride)
+        self.dim = dim  # dense stream width
+        self.width = widths.get("residual", dim)  # kept stream width
+        self.patch_embed = OverlapPatchEmbed(cin, dim, patch, stride, self.width)
         self.blocks = nn.ModuleList(
-            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, drop_paths[j], sub_widths(widths, f"blocks.{j}"))
+            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, drop_paths[j], sub_widths(widths, f"blocks.{j}"),
+                     self.width)
             for j in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = StreamLayerNorm(self.width, dim)
 
     def forward(self, x):
         x, h, w = self.patch_embed(x)
@@ -184,10 +246,16 @@ class MixVisionTransformer(nn.Module):
                     sub_widths(widths, f"stages.{i}"),
                 )
             )
-            cin, start = dim, start + depth
+            start += depth
+            cin = stages[-1].width
         self.stages = nn.ModuleList(stages)
-        self.dims = list(dims)
+        self.dims = list(dims)  # dense stage widths
         self.apply(_init_weights)
+
+    @property
+    def out_channels(self) -> list[int]:
+        """The (possibly pruned) width of each stage's output."""
+        return [s.width for s in self.stages]
 
     @property
     def style_layer(self) -> nn.Module:
@@ -203,6 +271,27 @@ class MixVisionTransformer(nn.Module):
     def unit_groups(self) -> list[UnitGroup]:
         blocks = [b for s in self.stages for b in s.blocks]
         return [g for b in blocks for g in (b.attn.unit_group(b.norm1), b.mlp.unit_group(b.norm2))]
+
+    def stream_groups(self, out_consumers=None) -> list[CoupledGroup]:
+        """One coupled group per stage stream (module docstring); ``out_consumers[i]``: the slices outside
+        the backbone that read stage i's output (the decoder's input columns)."""
+        groups = []
+        for i, stage in enumerate(self.stages):
+            pe = stage.patch_embed
+            rows = [TensorSlice(m, a, 0) for m in (pe.proj, pe.norm) for a in ("weight", "bias")]
+            cols = []
+            for blk in stage.blocks:
+                r, c = blk.stream_slices()
+                rows, cols = rows + r, cols + c
+            rows += [TensorSlice(stage.norm, a, 0) for a in ("weight", "bias")]
+            if i + 1 < len(self.stages):
+                cols.append(input_channels(self.stages[i + 1].patch_embed.proj))
+            cols += list(out_consumers[i]) if out_consumers is not None else []
+            norms = [pe.norm] + [b.norm1 for b in stage.blocks] + [b.norm2 for b in stage.blocks] + [stage.norm]
+            groups.append(CoupledGroup("residual", pe.norm, rows, cols, scale_modules=norms, anchor=stage,
+                                       label="residual", full_size=stage.dim, observed_at=stage,
+                                       zero_producers=True))
+        return groups
 
 
 def _init_weights(m):

@@ -3,7 +3,9 @@
 Decoder: each stage feature -> 1x1 projection to ``embed_dim`` -> bilinear to stride 4 -> concat
 (stage 4, 3, 2, 1 order, as SegFormer) -> fuse 1x1 conv + BN + ReLU -> dropout -> 1x1 classifier ->
 bilinear upsample to the input size. Prunable: every attention head and Mix-FFN hidden channel of the
-encoder (see ``mit.py``) and the fuse channels of the decoder (BN γ).
+encoder (see ``mit.py``) and the fuse channels of the decoder (BN γ); with ``prunable_units(residual=True)``
+also each stage's residual stream (``backbone.stages.{i}.residual``, see ``mit.py``), whose readers include
+the decoder's ``linear_c[i]`` input columns.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from npdg.models.base import SegmentationModel
 from npdg.models.deeplab import ConvBNReLU
 from npdg.models.mit import MixVisionTransformer
 from npdg.models.registry import register_model
-from npdg.models.units import UnitGroup, channel_group, input_channels, sub_widths
+from npdg.models.units import TensorSlice, UnitGroup, channel_group, input_channels, sub_widths
 
 VARIANTS = {  # name -> (stage widths, stage depths, decoder embed dim)
     "b0": ((32, 64, 160, 256), (2, 2, 2, 2), 256),
@@ -48,6 +50,10 @@ class SegFormerHead(nn.Module):
     def unit_groups(self) -> list[UnitGroup]:
         return [channel_group(self.fuse.conv, self.fuse.bn, [input_channels(self.classifier)])]
 
+    def input_consumers(self) -> list[list[TensorSlice]]:
+        """Per input feature: the slices reading its channels (the 1x1 projection's input columns)."""
+        return [[input_channels(proj)] for proj in self.linear_c]
+
 
 class SegFormer(SegmentationModel):
     def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None):
@@ -56,7 +62,7 @@ class SegFormer(SegmentationModel):
         self.backbone = MixVisionTransformer(
             dims, depths, drop_path_rate=drop_path_rate, widths=sub_widths(widths, "backbone")
         )
-        self.head = SegFormerHead(dims, embed_dim, num_classes, sub_widths(widths, "head"))
+        self.head = SegFormerHead(self.backbone.out_channels, embed_dim, num_classes, sub_widths(widths, "head"))
         for m in self.head.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -66,8 +72,14 @@ class SegFormer(SegmentationModel):
         logits = self.head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def _unit_groups(self) -> list[UnitGroup]:
-        return self.backbone.unit_groups() + self.head.unit_groups()
+    def supports_residual(self) -> bool:
+        return True
+
+    def _unit_groups(self, residual: bool = False) -> list[UnitGroup]:
+        groups = self.backbone.unit_groups() + self.head.unit_groups()
+        if residual:  # coupled streams last: the default groups keep their order
+            groups += self.backbone.stream_groups(self.head.input_consumers())
+        return groups
 
     @property
     def style_layer(self) -> nn.Module:
@@ -75,7 +87,7 @@ class SegFormer(SegmentationModel):
 
     @property
     def style_channels(self) -> int:
-        return self.backbone.dims[0]
+        return self.backbone.out_channels[0]
 
 
 def _builder(variant):
@@ -86,4 +98,4 @@ def _builder(variant):
 
 
 for _variant in VARIANTS:
-    register_model(f"segformer_{_variant}")(_builder(_variant))
+    register_model(f"segformer_{_variant}", residual=True)(_builder(_variant))

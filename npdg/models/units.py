@@ -14,7 +14,8 @@ scaling module:
 * ``producers``: every tensor whose entries along ``dim`` belong to units of this group (conv/linear
   rows, biases, BN weight/bias/running stats, the gate itself, depthwise-conv channels, q/k/v rows).
   A producer slice of a Linear that reads a LayerNorm may name it as ``input_norm`` (scale-free
-  importance of gates, see :mod:`npdg.pruning.sparsity`); the LayerNorm itself is never sliced.
+  importance of gates, see :mod:`npdg.pruning.sparsity`); the gate group never slices that LayerNorm
+  (a MiT residual-stream group does, see ``mit.py``).
 * ``consumers``: tensors that read the group's output on an input axis (next conv's ``weight`` dim 1,
   ``proj`` columns), possibly at an ``offset`` into a concatenated input.
 
@@ -30,7 +31,9 @@ A group's ``name`` is the qualified module name of its scale module and is also 
 
 **Coupled groups** (:class:`CoupledGroup`, ``kind="residual"``): a residual stream, i.e. channels that
 several BatchNorms write into one sum (a ResNet stage: the downsample BN and every block's last BN; the
-stem BN where it feeds the stream directly). They are declared only on request,
+stem BN where it feeds the stream directly), or a MiT stage's token stream (see ``mit.py``: scaled by
+the stream's LayerNorms, written by the patch-embed conv and every block's ``proj`` / ``fc2``; masking
+zeroes every writer's rows, ``zero_producers``). They are declared only on request,
 ``model.prunable_units(residual=True)``, and only by models whose ``supports_residual()`` is True. A
 coupled group has several scale modules (``scale_modules``; ``scale_module`` is the first, for size and
 device); masking zeroes γ and β of all of them, so every addend of the sum -- hence the sum and the ReLU
@@ -134,10 +137,12 @@ class UnitGroup:
 
 @dataclass
 class CoupledGroup(UnitGroup):
-    """A residual stream: channels scaled by several BatchNorms whose outputs are summed (module docstring).
+    """A residual stream: channels scaled by several BatchNorms whose outputs are summed, or by the
+    LayerNorms of a MiT stage's token stream (module docstring).
 
-    Importance (``npdg.pruning.sparsity``) = the MEAN of |γ| over ``scale_modules``: on the scale of one
-    BN's |γ| whatever the number of blocks, so streams of different depth rank together (kind "residual"
+    Importance (``npdg.pruning.sparsity``) = the MEAN of |γ| over ``scale_modules`` (the stream's BNs;
+    for MiT its LayerNorms: patch-embed norm, every norm1 / norm2, the stage norm): on the scale of one
+    norm's |γ| whatever the number of blocks, so streams of different depth rank together (kind "residual"
     is ranked separately from the block-inner "channel" units anyway). ``activation_module`` is where the
     stream is observed for style sensitivity: the stage output (the stream after its last block's ReLU).
     """
@@ -147,6 +152,9 @@ class CoupledGroup(UnitGroup):
     label: str = "residual"
     full_size: int = 0  # dense width of the stream
     observed_at: nn.Module | None = field(default=None, repr=False)
+    # True: masking zeroes every producer slice's entries of the pruned channels (writer rows and biases,
+    # LayerNorm γ/β; MiT streams), not only γ/β of the scale modules (BatchNorm streams)
+    zero_producers: bool = False
 
     @property
     def activation_module(self) -> nn.Module:
@@ -159,6 +167,10 @@ class CoupledGroup(UnitGroup):
     @torch.no_grad()
     def mask_(self, pruned: torch.Tensor) -> None:
         pruned = torch.as_tensor(pruned, device=self.gamma().device)
+        if self.zero_producers:
+            units = pruned.nonzero().flatten() if pruned.dtype == torch.bool else pruned.long().flatten()
+            for s in self.producers:
+                s.tensor().index_fill_(s.dim, s.positions(units).to(s.tensor().device), 0)
         for m in self.scale_modules:
             m.weight[pruned] = 0
             if getattr(m, "bias", None) is not None:

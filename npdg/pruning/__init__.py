@@ -2,7 +2,7 @@
 
     loss = task_loss + s * l1_penalty(model, weights)       # sparse training (weights: NPDG sensitivity)
     masks = select_masks(model, ratio=0.3, round_to=8)      # {group name: keep mask}, ranked per kind
-    # prune_residual=True: also the coupled residual streams (DeepLabV3+ ResNet; off by default)
+    # prune_residual=True: also the coupled residual streams (DeepLabV3+ ResNet, SegFormer; off by default)
     masked = apply_masks(model, masks)                      # same shapes, pruned units output 0
     small = compact(model, masks)                           # plain smaller model, same output as masked
     print(flops(model, (512, 512)), flops(small, (512, 512)), kept_widths_summary(masks))

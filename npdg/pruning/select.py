@@ -19,7 +19,7 @@ most the requested one. Within a group the kept units are always its k highest-s
 
 ``prune_residual=True`` (default False) also prunes the coupled residual streams (kind "residual", see
 ``npdg.models.units.CoupledGroup``): ranked among themselves, by default by the mean |γ| over the BNs
-that scale each channel; ``ratio`` removes that fraction of all residual channels too, with the same
+(MiT: LayerNorms) that scale each channel; ``ratio`` removes that fraction of all residual channels too, with the same
 ``min_keep`` / ``round_to`` rules. ``scores`` may omit the residual groups (they then get that default
 importance). A model that declares no residual groups raises :class:`PruningError` naming it.
 

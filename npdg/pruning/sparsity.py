@@ -105,7 +105,7 @@ def _unit_rms(group, slices) -> torch.Tensor | None:
 
 
 def _importance(group) -> torch.Tensor:
-    """|γ| (BN), mean |γ| over the BNs of a coupled residual group, or the path scale
+    """|γ| (BN), mean |γ| over the BNs / LayerNorms of a coupled residual group, or the path scale
     |γ|·rms(consumers)·rms(producers) (gates); differentiable."""
     if isinstance(group, CoupledGroup):
         gammas = group.gammas()
@@ -128,7 +128,8 @@ def unit_importance(model: nn.Module, residual: bool = False) -> dict[str, torch
 
     The quantity :func:`l1_penalty` pushes down, and what :func:`npdg.pruning.select_masks` ranks by
     default, so the units pruned are those the penalty made unimportant. ``residual``: also the coupled
-    residual-stream groups (mean |γ| over their BNs), where the model declares them.
+    residual-stream groups (mean |γ| over their BNs, or a MiT stream's LayerNorms), where the model
+    declares them.
     """
     with torch.no_grad():
         return {n: _importance(g).detach() for n, g in groups_by_name(model, residual=residual).items()}
@@ -140,7 +141,8 @@ def l1_penalty(model: nn.Module, weights: dict | None = None, residual: bool = F
     ``weights``: {group name: (size,) tensor}, e.g. NPDG's style sensitivity; groups not listed (or all,
     when None) weigh 1 = Network Slimming. Sparse training adds ``s * l1_penalty(model, weights)``.
     ``residual`` (default False): also penalise the coupled residual groups' importance (the mean |γ| over
-    the BNs of a stream, i.e. each of those γ with weight 1/number of BNs), where the model declares them.
+    the BNs -- MiT: LayerNorms -- of a stream, i.e. each of those γ with weight 1/their number), where the
+    model declares them.
     """
     groups = groups_by_name(model, residual=residual)
     weights = weights or {}
