@@ -3,6 +3,7 @@
     python -m npdg.compare 'benches/results/dg/erm-s*.json' 'benches/results/dg/npdg-s*.json'
     python -m npdg.compare 'runs/erm-s*' 'runs/npdg-s*' --json paired.json
     python -m npdg.compare 'runs/erm-s*' 'runs/npdg-s*' --allow_unequal   # runs of different total steps
+    python -m npdg.compare 'old/erm-s*,new/erm-s*' 'old/npdg-s*,new/npdg-s*'  # a comma joins globs
 
 A and B are globs (quote them: the shell must not expand them) of metrics.json files or run directories of
 ``python -m npdg.train``. Runs pair by ``config.seed``; a seed present in only one set is left out, and the
@@ -27,11 +28,15 @@ CONFIDENCE = 0.95
 
 
 def expand(pattern: str) -> list[Path]:
-    """The files/run directories a glob names (a literal path that exists counts too); sorted."""
-    found = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
-    if not found:
-        raise cli.UsageError(f"{pattern}: no runs match (a glob of metrics.json files or run directories)")
-    return [Path(p) for p in found]
+    """The files/run directories a glob names (a literal path that exists counts too; several globs joined
+    by commas: their union, e.g. seeds kept in two folders); sorted."""
+    found = set()
+    for part in pattern.split(","):
+        hits = glob.glob(part) or ([part] if Path(part).exists() else [])
+        if not hits:
+            raise cli.UsageError(f"{part}: no runs match (a glob of metrics.json files or run directories)")
+        found.update(hits)
+    return [Path(p) for p in sorted(found)]
 
 
 def _number(v, what: str) -> float:

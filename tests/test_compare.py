@@ -170,3 +170,14 @@ def test_budget_resolves_the_train_stage():
     assert cfg.validate().iters == 200  # idempotent: a resumed run re-validates its saved config
     assert load_config(overrides=["--method=slimming", "--budget=350"]).iters == 200
     assert load_config(overrides=["--method=npdg", "--iters=7"]).iters == 7  # budget 0: today's behaviour
+
+
+def test_a_comma_joins_globs_from_two_folders(tmp_path):
+    a, b = _sets(tmp_path, extra_a_seed=False)
+    (tmp_path / "more").mkdir()
+    _metrics(tmp_path / "more" / "erm-s3.json", "erm", 3, 40.0, 20.0, 10.0, steps=(260, 0))
+    _metrics(tmp_path / "more" / "npdg-s3.json", "npdg", 3, 44.0, 20.0, 10.0, steps=(200, 60))
+    r = compare(f"{a},{tmp_path / 'more' / 'erm-*.json'}", f"{b},{tmp_path / 'more' / 'npdg-*.json'}")
+    assert r["seeds"] == [0, 1, 2, 3] and r["metrics"]["source"]["diff"] == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(Exception, match="nothing-\\*.json: no runs match"):
+        compare(f"{a},{tmp_path / 'nothing-*.json'}", b)
