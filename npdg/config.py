@@ -87,7 +87,7 @@ class Config:
     # --- DSP: differentiable style perturbation (dsp, npdg)
     dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
     dsp_p: float = 0.5  # fraction of each batch replaced by perturbed samples
-    dsp_copy: bool = False  # feature level: restyle COPIES of that fraction (appended; the clean batch stays whole)
+    dsp_copy: bool = False  # restyle COPIES of that fraction (added; the clean batch stays whole)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -189,8 +189,6 @@ class Config:
             parse_overrides(self.eval_protocol)
         except ProtocolError as exc:
             raise ConfigError(f"eval_protocol: {exc}") from None
-        if self.dsp_copy and self.dsp_level != "feature":
-            raise ConfigError("dsp_copy: restyled copies exist at feature level only (dsp_level=feature)")
         if self.sens_scale not in ("output", "relative"):
             raise ConfigError(f"sens_scale={self.sens_scale!r}: expected output or relative")
         _check_range(self, "prune_sens", 0, None)

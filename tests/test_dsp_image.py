@@ -215,6 +215,24 @@ def test_image_task_loss_touches_bn_stats_once_and_trains_only_the_net():
     assert logs0["num_perturbed"] == 0
 
 
+def test_image_task_loss_copy_keeps_the_whole_clean_batch():
+    gen, x = _tiny(), _images(n=4)
+    labels = torch.randint(0, 5, (4, 32, 32), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    net = _seg_net()
+    seen = []
+    net.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    loss, logs = image_task_loss(gen, net, x, labels, p=0.5, adv_steps=1, copy=True)
+    batch = seen[-1]  # the training forward: 2 restyled copies in front of all 4 clean images
+    assert batch.shape[0] == 6 and torch.equal(batch[2:], x) and not torch.allclose(batch[:2], x[:2])
+    with torch.no_grad():  # train-mode BN: batch statistics of the same 6 images, so the same logits
+        logits = net(batch)
+    full = torch.cat([labels[:2], labels])
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(logits, full, ignore_index=255))
+    assert logs["num_perturbed"] == 2
+    torch.testing.assert_close(torch.tensor(logs["clean"]), F.cross_entropy(logits[2:], labels, ignore_index=255))
+
+
 # --- save / load, encoder weights
 
 

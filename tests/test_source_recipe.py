@@ -70,8 +70,6 @@ def test_new_keys_are_range_checked():
         load_config(None, ["--sens_scale=gamma"])
     with pytest.raises(ConfigError, match="prune_sens"):
         load_config(None, ["--prune_sens=-1"])
-    with pytest.raises(ConfigError, match="dsp_copy"):
-        load_config(None, ["--dsp_copy", "--dsp_level=image"])
     with pytest.raises(ConfigError, match="lr_schedule"):
         load_config(None, ["--lr_schedule=cosine"])
     with pytest.raises(ConfigError, match="lr_schedule=run continues"):

@@ -374,8 +374,9 @@ def load_generator(path, encoder_weights: str | None = None, map_location="cpu")
 
 def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     loss_fn=cross_entropy, p: float = 0.5, adv_steps: int = 1, adv_step_size: float = 1.0,
-                    eps_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """Segmentation loss of a batch whose first ceil(p * N) images are restyled adversarially.
+                    eps_scale: float = 1.0, copy: bool = False) -> tuple[torch.Tensor, dict]:
+    """Segmentation loss of a batch whose first ceil(p * N) images are restyled adversarially (``copy``:
+    restyled COPIES of them go in front of the whole clean batch, N + ceil(p * N) images, instead).
 
     eps ~ N(0, I) * eps_scale is pushed by ``adv_steps`` normalised ascent steps of ``adv_step_size`` on
     ``loss_fn(net(gen.perturb(images, eps)), labels)`` for those images (gradients to eps only; BN
@@ -389,6 +390,7 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
     n = images.shape[0]
     k = math.ceil(p * n)
     if k:
+        clean = images
         size = images.shape[-2:]
         m = min(n, max(k, 2))  # >= 2 samples through BN in the ascent passes when the batch has them
         with torch.no_grad():
@@ -402,7 +404,9 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
 
         eps = ascend(eps, objective, adv_steps, adv_step_size)
         with torch.no_grad():
-            images = torch.cat([gen.restyle(feat, size, eps), images[k:]])
+            images = torch.cat([gen.restyle(feat, size, eps), clean if copy else clean[k:]])
+        if copy:
+            labels, n = torch.cat([labels[:k], labels]), n + k
     logits = net(images)
     loss = loss_fn(logits, labels)
     with torch.no_grad():
