@@ -40,11 +40,24 @@ for residual, exact in ((False, False), (True, False), (False, True), (True, Tru
         "prune_compact_s_all": [round(t, 4) for t in times],
         "stream_widths": {k: v for k, v in small.widths().items() if k.endswith((".residual", ".stem"))},
     }
+draws = {}  # the FLOPs fractions on other random-γ draws (how close to 0.50 is luck)
+for seed in (1, 2, 3, 4):
+    other = create_model("deeplabv3plus_r50", num_classes=19).eval()
+    g_other = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for g in other.prunable_units(residual=True):
+            for gm in (g.gammas() if hasattr(g, "gammas") else [g.gamma()]):
+                gm.copy_(torch.rand(g.size, generator=g_other))
+    draws[seed] = {name: round(flops(compact(other, select_masks(other, ratio=RATIO, round_to=ROUND_TO,
+                                                                 prune_residual=True, exact_ratio=exact)),
+                                     SIZE) / f_dense, 4)
+                   for name, exact in (("prune_residual", False), ("prune_residual_exact_ratio", True))}
 out = {"model": "deeplabv3plus_r50", "ratio": RATIO, "round_to": ROUND_TO, "flops_input": list(SIZE),
        "gamma": "uniform(0,1) on every prunable BN incl. residual-stream BNs (seed 0)", "repeats": REPEATS,
-       "dense_flops": f_dense, "dense_params": p_dense, "rows": rows,
+       "dense_flops": f_dense, "dense_params": p_dense, "rows": rows, "flops_fraction_other_gamma_seeds": draws,
        "env": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
                "note": "2-core CPU shared with training runs; wall times are noisy"}}
 json.dump(out, open(sys.argv[1], "w"), indent=2)
 keys = ("flops_fraction", "params_fraction", "prune_compact_s_median")
 print(json.dumps({k: {kk: v[kk] for kk in keys} for k, v in rows.items()}))
+print(json.dumps(draws))
