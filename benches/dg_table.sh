@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The README's results table: every method on the embedded benchmark with the default budget.
 #   bash benches/dg_table.sh OUTDIR [RUN ...]     RUN = METHOD-sSEED, METHOD in erm dsp npdg slimming
-#                                                 npdg_lam1 npdg_lam0 (default: the table's twelve runs)
+#                                                 npdg_lam1 npdg_lam0 npdg_default (default: the table's twelve runs)
+# The table's dsp / npdg runs are the paper's recipe (restyled samples replace half the batch, sensitivity from
+# the γ-scaled outputs, |γ| prune), which was the default when they ran: they get those keys explicitly.
+# npdg_default is `python -m npdg.train --method npdg` as it is now (restyled copies, scale-free sensitivity,
+# prune_sens 1; see README "At equal budgets").
 # About 10 minutes a run on 2 CPU cores; finished runs are skipped, an interrupted one is resumed.
 # Each run's metrics.json is copied to benches/results/dg/RUN.json; the table (with seed means) is printed at the end,
 # then the paired comparison npdg - erm over their shared seeds (python -m npdg.compare).
@@ -26,9 +30,13 @@ for run in "${runs[@]}"; do
     method=${run%-s*}
     seed=${run##*-s}
     extra=(${budget:+--budget="$budget"})
+    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0)
     case $method in
-        npdg_lam1) method=npdg; extra+=(--lam=1) ;;
-        npdg_lam0) method=npdg; extra+=(--lam=0) ;;
+        dsp) extra+=("${paper[@]}") ;;
+        npdg) extra+=("${paper[@]}") ;;
+        npdg_lam1) method=npdg; extra+=("${paper[@]}" --lam=1) ;;
+        npdg_lam0) method=npdg; extra+=("${paper[@]}" --lam=0) ;;
+        npdg_default) method=npdg ;;
     esac
     dir="$out/$run"
     if [ -f "$dir/config.json" ]; then  # a finished or interrupted run must have been started with this budget

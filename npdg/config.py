@@ -87,7 +87,10 @@ class Config:
     # --- DSP: differentiable style perturbation (dsp, npdg)
     dsp_level: str = "feature"  # feature (AdaIN on model.style_layer) | image (AdaIN generator)
     dsp_p: float = 0.5  # fraction of each batch replaced by perturbed samples
-    dsp_copy: bool = False  # restyle COPIES of that fraction (added; the clean batch stays whole)
+    dsp_copy: bool = True  # restyle COPIES of that fraction (added; the clean batch stays whole); false = the
+    #   paper's (restyled samples replace them). Default since issue 16: with sens_scale=relative and
+    #   prune_sens=1, final source +3.47 [+1.71, +5.23] over the paper's recipe (5 seeds, equal budget, source
+    #   val; benches/results/dg_budget260/compare5-npdgB-npdg.md)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -106,10 +109,10 @@ class Config:
     sens_every: int = 50  # recompute the weights every this many sparse-training steps
     sens_batch: int = 8  # content images per sensitivity pass
     sens_precision: str = "ieee"  # ieee | tf32 | tf32x3 (GPU kernel precision)
-    sens_scale: str = "output"  # sparsity weights from the γ-scaled outputs' variances (output, the paper's) or
-    #   scale-free ones, relative to each unit's own variance (relative); see npdg.sensitivity
-    prune_sens: float = 0.0  # npdg: the prune ranks importance / w_rel**prune_sens (w_rel: the last pass's
-    #   scale-free weights), so style-sensitive units go first; 0 = rank by importance alone (the paper)
+    sens_scale: str = "relative"  # sparsity weights from the γ-scaled outputs' variances (output, the paper's)
+    #   or scale-free ones, relative to each unit's own variance (relative, the default); see npdg.sensitivity
+    prune_sens: float = 1.0  # npdg: the prune ranks importance / w_rel**prune_sens (w_rel: the last pass's
+    #   scale-free weights), so style-sensitive units go first; 0 = rank by importance alone (the paper's)
 
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N
