@@ -42,3 +42,17 @@ def run_main(main, argv, capsys):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def rel_max(a, b) -> float:
+    """max |a - b| / max |b|, in float64."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def random_scores(model, residual=True, seed=1):
+    """Uniform random importance for every unit group (the residual streams too)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return {g.name: torch.rand(g.size, generator=gen) for g in model.prunable_units(residual=residual)}

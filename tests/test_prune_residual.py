@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_
+from helpers import random_scores, randomize_, rel_max
 
 import npdg
 from npdg.models import compact_state_dict, create_model
@@ -15,19 +15,9 @@ SIZE = (32, 32)
 NUM_CLASSES = 5
 
 
-def rel_max(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def _dense(name):
     torch.manual_seed(0)
     return randomize_(create_model(name, num_classes=NUM_CLASSES)).eval()
-
-
-def _random_scores(model, residual=True):
-    gen = torch.Generator().manual_seed(1)
-    return {g.name: torch.rand(g.size, generator=gen) for g in model.prunable_units(residual=residual)}
 
 
 def test_off_by_default_and_declared_only_when_asked():
@@ -51,7 +41,7 @@ def test_off_by_default_and_declared_only_when_asked():
 @pytest.fixture(scope="module", params=["deeplabv3plus_r18", "deeplabv3plus_r50", "deeplabv3plus_r101"])
 def case(request):
     dense = _dense(request.param)
-    masks = select_masks(dense, ratio=0.3, round_to=8, scores=_random_scores(dense), prune_residual=True)
+    masks = select_masks(dense, ratio=0.3, round_to=8, scores=random_scores(dense), prune_residual=True)
     small = compact(dense, masks)
     x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(2))
     return dense, masks, small, x
@@ -76,7 +66,7 @@ def test_compacted_equals_masked_with_residual_pruning(case):
 
 def test_residual_pruning_is_cheaper_than_without(case):
     dense, _, small, _ = case
-    without = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=_random_scores(dense, False)))
+    without = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=random_scores(dense, False)))
     assert flops(small, SIZE) < flops(without, SIZE) < flops(dense, SIZE)
     assert params(small) < params(without) < params(dense)
 
@@ -102,7 +92,7 @@ def test_importance_is_the_mean_abs_gamma_over_the_stream_bns():
 
 def test_a_ratio_that_would_empty_a_stream_keeps_min_keep():
     m = _dense("deeplabv3plus_r18")
-    scores = _random_scores(m)
+    scores = random_scores(m)
     scores["backbone.layer1.residual"] = torch.zeros(64)  # the lowest units of their kind: all go first
     masks = select_masks(m, ratio=0.1, round_to=1, min_keep=3, scores=scores, prune_residual=True)
     assert int(masks["backbone.layer1.residual"].sum()) == 3

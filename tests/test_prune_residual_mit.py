@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_, run_main
+from helpers import random_scores, randomize_, rel_max, run_main
+from test_prune_residual import test_residual_pruning_is_cheaper_than_without, test_save_load_round_trip  # noqa: F401
 from torch import nn
 
 import npdg
 from npdg.models import create_model
 from npdg.models.mit import StreamLayerNorm
 from npdg.models.units import CoupledGroup
-from npdg.pruning import apply_masks, compact, flops, l1_penalty, params, select_masks, unit_importance
+from npdg.pruning import apply_masks, compact, flops, l1_penalty, select_masks, unit_importance
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 SIZE = (64, 64)
 NUM_CLASSES = 5
 VARIANTS = ["segformer_b0", "segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5"]
-
-
-def rel_max(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def _randomize(model, seed=0):
@@ -43,11 +39,6 @@ def _randomize(model, seed=0):
 def _dense(name):
     torch.manual_seed(0)
     return _randomize(create_model(name, num_classes=NUM_CLASSES)).eval()
-
-
-def _random_scores(model, residual=True):
-    gen = torch.Generator().manual_seed(1)
-    return {g.name: torch.rand(g.size, generator=gen) for g in model.prunable_units(residual=residual)}
 
 
 def _streams(model):
@@ -114,7 +105,7 @@ def test_stream_layer_norm_keeps_dense_statistics():
 @pytest.fixture(scope="module", params=VARIANTS)
 def case(request):
     dense = _dense(request.param)
-    masks = select_masks(dense, ratio=0.3, round_to=8, scores=_random_scores(dense), prune_residual=True)
+    masks = select_masks(dense, ratio=0.3, round_to=8, scores=random_scores(dense), prune_residual=True)
     small = compact(dense, masks).eval()
     x = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(2))
     return dense, masks, small, x
@@ -137,23 +128,6 @@ def test_compacted_equals_masked_with_residual_pruning(case):
     for s, g in zip(small.backbone.stages, streams, strict=True):  # statistics over the dense width
         norms = [s.patch_embed.norm, s.norm] + [n for b in s.blocks for n in (b.norm1, b.norm2)]
         assert all(n.norm_count == g.size and n.normalized_shape[0] < g.size for n in norms)
-
-
-def test_residual_pruning_is_cheaper_than_without(case):
-    dense, _, small, _ = case
-    without = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=_random_scores(dense, False)))
-    assert flops(small, SIZE) < flops(without, SIZE) < flops(dense, SIZE)
-    assert params(small) < params(without) < params(dense)
-
-
-def test_save_load_round_trip(case, tmp_path):
-    _, _, small, x = case
-    npdg.save_model(small, tmp_path / "small.pt")
-    loaded = npdg.load_model(tmp_path / "small.pt").eval()
-    assert loaded.arch_config() == small.arch_config()
-    assert sum(k.endswith(".residual") for k in loaded.widths()) == 4
-    with torch.no_grad():
-        assert torch.equal(loaded(x), small(x))
 
 
 def test_importance_is_the_mean_abs_gamma_over_the_stream_layer_norms():
@@ -197,7 +171,7 @@ def test_residual_pruned_b0_exports_to_onnx(tmp_path, capsys):
     from npdg import export as E
 
     dense = _dense("segformer_b0")
-    small = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=_random_scores(dense),
+    small = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=random_scores(dense),
                                         prune_residual=True)).eval()
     assert all(small.widths()[g.name] < g.size for g in _streams(dense))
     path = tmp_path / "small.pt"
