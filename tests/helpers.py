@@ -56,3 +56,39 @@ def random_scores(model, residual=True, seed=1):
 
     gen = torch.Generator().manual_seed(seed)
     return {g.name: torch.rand(g.size, generator=gen) for g in model.prunable_units(residual=residual)}
+
+
+def tiny_npdg_runs_with_and_without_residual(tmp_path, model: str, *extra: str) -> dict:
+    """{"false" / "true": final model} of two tiny npdg runs of `model`, without / with --prune_residual."""
+    import npdg
+    from npdg.train import main
+
+    tiny = ["--iters=2", "--train_num=4", "--val_num=2", "--crop=40x72", "--eval_size=40x72", "--workers=0",
+            "--batch_size=2", "--log_every=1", "--targets=synthetic:fog", "--finetune_iters=1", "--sens_every=1",
+            "--sens_batch=2", "--sens_k=2", "--ckpt_every=2", f"--model={model}", "--method=npdg", "--prune_sens=1",
+            *extra]
+    finals = {}
+    for flag in ("false", "true"):
+        main(tiny + [f"--prune_residual={flag}", "--out", str(tmp_path / flag)])
+        finals[flag] = npdg.load_model(tmp_path / flag / "final.pt")
+    return finals
+
+
+def check_compacted_equals_masked(dense, masks, small, x):
+    """Every residual stream loses channels; the compacted model computes what the masked one does
+    (<= 1e-5 relative) and its widths are the masks' counts. Returns (streams, widths)."""
+    import torch
+
+    from npdg.models.units import CoupledGroup
+    from npdg.pruning import apply_masks
+
+    streams = [g for g in dense.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
+    assert streams and all(not bool(masks[g.name].all()) for g in streams)
+    masked = apply_masks(dense, masks)
+    with torch.no_grad():
+        want = masked(x)
+        assert rel_max(dense(x), want) > 1e-3
+        assert rel_max(small(x), want) <= 1e-5
+    widths = {g.name: g.size for g in small.prunable_units(residual=True)}
+    assert widths == {n: int(m.sum()) for n, m in masks.items()}
+    return streams, widths

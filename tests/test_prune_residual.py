@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_scores, randomize_, rel_max
+from helpers import (
+    check_compacted_equals_masked,
+    random_scores,
+    randomize_,
+    tiny_npdg_runs_with_and_without_residual,
+)
 
 import npdg
 from npdg.models import compact_state_dict, create_model
 from npdg.models.units import CoupledGroup
-from npdg.pruning import PruningError, apply_masks, compact, flops, l1_penalty, params, select_masks, unit_importance
+from npdg.pruning import PruningError, compact, flops, l1_penalty, params, select_masks, unit_importance
 
 SIZE = (32, 32)
 NUM_CLASSES = 5
@@ -49,15 +54,7 @@ def case(request):
 
 def test_compacted_equals_masked_with_residual_pruning(case):
     dense, masks, small, x = case
-    streams = [g for g in dense.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
-    assert all(not bool(masks[g.name].all()) for g in streams)  # every stream loses channels
-    masked = apply_masks(dense, masks)
-    with torch.no_grad():
-        want = masked(x)
-        assert rel_max(dense(x), want) > 1e-3
-        assert rel_max(small(x), want) <= 1e-5
-    widths = {g.name: g.size for g in small.prunable_units(residual=True)}
-    assert widths == {n: int(m.sum()) for n, m in masks.items()}
+    streams, widths = check_compacted_equals_masked(dense, masks, small, x)
     assert all(widths[g.name] % 8 == 0 for g in streams)
     state, _ = compact_state_dict(dense, {n: m.nonzero().flatten() for n, m in masks.items()})
     got = small.state_dict()
@@ -144,16 +141,7 @@ def test_sensitivity_covers_the_streams_and_feeds_the_penalty_and_the_prune():
 
 
 def test_train_prune_residual_end_to_end(tmp_path):
-    from npdg.train import main
-
-    tiny = ["--iters=2", "--train_num=4", "--val_num=2", "--crop=40x72", "--eval_size=40x72", "--workers=0",
-            "--batch_size=2", "--log_every=1", "--targets=synthetic:fog", "--finetune_iters=1", "--sens_every=1",
-            "--sens_batch=2", "--sens_k=2", "--ckpt_every=2", "--model=deeplabv3plus_r18"]
-    finals = {}
-    for flag in ("false", "true"):
-        out = tmp_path / flag
-        main(tiny + ["--method=npdg", f"--prune_residual={flag}", "--prune_sens=1", "--out", str(out)])
-        finals[flag] = npdg.load_model(out / "final.pt")
+    finals = tiny_npdg_runs_with_and_without_residual(tmp_path, "deeplabv3plus_r18")
     streams = {k for k in finals["true"].widths() if k.endswith(".residual")}
     assert streams and not any(k.endswith(".residual") for k in finals["false"].widths())
     assert flops(finals["true"], SIZE) < flops(finals["false"], SIZE)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_scores, randomize_, rel_max, run_main
+from helpers import (
+    check_compacted_equals_masked,
+    random_scores,
+    randomize_,
+    run_main,
+    tiny_npdg_runs_with_and_without_residual,
+)
 from test_prune_residual import test_residual_pruning_is_cheaper_than_without, test_save_load_round_trip  # noqa: F401
 from torch import nn
 
@@ -13,7 +19,7 @@ import npdg
 from npdg.models import create_model
 from npdg.models.mit import StreamLayerNorm
 from npdg.models.units import CoupledGroup
-from npdg.pruning import apply_masks, compact, flops, l1_penalty, select_masks, unit_importance
+from npdg.pruning import compact, flops, l1_penalty, select_masks, unit_importance
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 SIZE = (64, 64)
@@ -113,15 +119,7 @@ def case(request):
 
 def test_compacted_equals_masked_with_residual_pruning(case):
     dense, masks, small, x = case
-    streams = _streams(dense)
-    assert all(not bool(masks[g.name].all()) for g in streams)  # every stream loses channels
-    masked = apply_masks(dense, masks)
-    with torch.no_grad():
-        want = masked(x)
-        assert rel_max(dense(x), want) > 1e-3
-        assert rel_max(small(x), want) <= 1e-5
-    widths = {g.name: g.size for g in small.prunable_units(residual=True)}
-    assert widths == {n: int(m.sum()) for n, m in masks.items()}
+    streams, widths = check_compacted_equals_masked(dense, masks, small, x)
     assert all(widths[g.name] % 8 == 0 and widths[g.name] < g.size for g in streams)
     assert small.backbone.out_channels == [widths[g.name] for g in streams]
     assert small.style_channels == widths["backbone.stages.0.residual"]
@@ -143,17 +141,7 @@ def test_importance_is_the_mean_abs_gamma_over_the_stream_layer_norms():
 
 
 def test_train_prune_residual_end_to_end(tmp_path):
-    from npdg.train import main
-
-    tiny = ["--iters=2", "--train_num=4", "--val_num=2", "--crop=40x72", "--eval_size=40x72", "--workers=0",
-            "--batch_size=2", "--log_every=1", "--targets=synthetic:fog", "--finetune_iters=1", "--sens_every=1",
-            "--sens_batch=2", "--sens_k=2", "--ckpt_every=2", "--model=segformer_b0"]
-    finals = {}
-    for flag in ("false", "true"):
-        out = tmp_path / flag
-        main(tiny + ["--method=npdg", f"--prune_residual={flag}", "--prune_sens=1", "--ratio=0.6", "--out",
-                     str(out)])
-        finals[flag] = npdg.load_model(out / "final.pt")
+    finals = tiny_npdg_runs_with_and_without_residual(tmp_path, "segformer_b0", "--ratio=0.6")
     dense = create_model("segformer_b0", num_classes=finals["true"].num_classes)
     streams = {g.name: g.size for g in _streams(dense)}
     assert not any(k.endswith(".residual") for k in finals["false"].widths())
