@@ -177,11 +177,10 @@ class Config:
             hint = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(available_models())}"
             raise ConfigError(f"model={self.model!r}: unknown model; {hint}")
         if self.prune_residual:
-            from npdg.models import residual_models
+            from npdg.models import no_residual_streams
 
-            if self.model not in residual_models():
-                raise ConfigError(f"prune_residual: model {self.model} declares no residual-stream unit groups "
-                                  f"(models that do: {', '.join(residual_models())})")
+            if why := no_residual_streams(self.model):
+                raise ConfigError(f"prune_residual: {why}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer={self.optimizer!r}: expected sgd or adamw")
         if self.dsp_level not in DSP_LEVELS:

@@ -12,6 +12,7 @@ from npdg.models.registry import (
     UnknownModelError,
     available_models,
     create_model,
+    no_residual_streams,
     register_model,
     residual_models,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "compact_state_dict",
     "create_model",
     "kept_positions",
+    "no_residual_streams",
     "register_model",
     "residual_models",
 ]

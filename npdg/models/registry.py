@@ -53,6 +53,14 @@ def residual_models() -> list[str]:
     return sorted(_RESIDUAL)
 
 
+def no_residual_streams(name: str) -> str | None:
+    """Why ``prune_residual`` cannot apply to model ``name`` (one line naming the models it can), or None."""
+    if name in residual_models():
+        return None
+    return (f"model {name} declares no residual-stream unit groups "
+            f"(models that do: {', '.join(residual_models())})")
+
+
 def create_model(name: str, num_classes: int = 19, pretrained: str | None = None, **kwargs) -> nn.Module:
     """Build a registered model; ``pretrained`` = path of a LOCAL ImageNet backbone state dict.
 

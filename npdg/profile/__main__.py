@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round_to", "--round-to", dest="round_to", type=_round_tos, default=[1, 8],
                    help="sweep: round_to values, one line each (default 1,8)")
     p.add_argument("--prune_residual", "--prune-residual", dest="prune_residual", action="store_true",
-                   help="sweep: also prune the coupled residual streams at each ratio (DeepLabV3+ ResNets: "
-                        "deeplabv3plus_r18/_r50/_r101; other models: error)")
+                   help="sweep: also prune the coupled residual streams at each ratio (DeepLabV3+ ResNets, "
+                        "SegFormer; a model without them: error)")
     p.add_argument("--layers-at", type=lambda t: _parse_floats(t, "--layers-at", 0.0, 1.0)[0], default=None,
                    help="sweep: per-layer comparison of the dense model with the model at this ratio")
     p.add_argument("--seed", type=int, default=0, help="sweep: seed of the weights and the random scores")

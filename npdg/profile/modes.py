@@ -87,14 +87,13 @@ def sweep(model_name: str, ratio_list: list, round_tos: list, s: Settings, seed:
     ``prune_residual``: also prune the coupled residual streams (``select_masks(prune_residual=True)``; their
     random scores are drawn after those of the other groups, so those get the same scores either way). A
     model without residual-stream groups is a :class:`ProfileError`, raised before anything is built."""
-    from npdg.models import available_models, create_model, residual_models
+    from npdg.models import available_models, create_model, no_residual_streams
     from npdg.pruning import compact, select_masks
 
     if model_name not in available_models():
         raise ProfileError(f"unknown model {model_name!r}; available: {', '.join(available_models())}")
-    if prune_residual and model_name not in residual_models():
-        raise ProfileError(f"--prune_residual: model {model_name} declares no residual-stream unit groups "
-                           f"(models that do: {', '.join(residual_models())})")
+    if prune_residual and (why := no_residual_streams(model_name)):
+        raise ProfileError(f"--prune_residual: {why}")
     rts = runtimes_of(s)
     check_runtimes(rts, s)
     torch.manual_seed(seed)

@@ -31,11 +31,10 @@ def supports_residual(model: nn.Module) -> bool:
 def require_residual(model: nn.Module) -> None:
     """Raise :class:`PruningError` (one line, naming the model) unless it declares residual groups."""
     if not supports_residual(model):
-        name = getattr(model, "registry_name", "") or type(model).__name__
-        from npdg.models import residual_models
+        from npdg.models import no_residual_streams
 
-        raise PruningError(f"prune_residual: model {name} declares no residual-stream unit groups "
-                           f"(models that do: {', '.join(residual_models())})")
+        name = getattr(model, "registry_name", "") or type(model).__name__
+        raise PruningError(f"prune_residual: {no_residual_streams(name)}")
 
 
 def check_per_unit(groups: dict, values: dict, what: str) -> None:

@@ -72,14 +72,15 @@ def _fill_to_ratio(groups, names, scores, kept, n_remove, round_to, min_keep) ->
     """exact_ratio: lower kept counts (in place) by whole steps until the kind's removed count is as close
     to n_remove as steps allow; each step comes from the group whose best unit in that step scores lowest."""
     order = {n: torch.sort(scores[n], descending=True, stable=True).values for n in names}
+    step = {n: unit_step(groups[n], round_to) for n in names}
+    floor = {n: _kept_count(groups[n], groups[n].size, round_to, min_keep) for n in names}  # fewest it may keep
     removed = sum(groups[n].size - kept[n] for n in names)
     while True:
         deficit, best = n_remove - removed, None
         for n in names:
-            g, k = groups[n], kept[n]
-            step = unit_step(g, round_to)
-            lower = (k - 1) // step * step  # the next kept count below k that round_to allows
-            if lower < _kept_count(g, g.size, round_to, min_keep) or not 0 < k - lower < 2 * deficit:
+            k = kept[n]
+            lower = (k - 1) // step[n] * step[n]  # the next kept count below k that round_to allows
+            if lower < floor[n] or not 0 < k - lower < 2 * deficit:
                 continue  # below the group's minimum, or the step would overshoot more than it closes
             cost = float(order[n][lower])  # the best unit that step would remove
             if best is None or cost < best[0]:
