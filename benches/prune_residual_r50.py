@@ -14,24 +14,31 @@ from npdg.models import create_model
 from npdg.pruning import compact, flops, params, select_masks
 
 RATIO, ROUND_TO, SIZE, REPEATS = 0.3, 8, (256, 512), 5
-torch.manual_seed(0)
-dense = create_model("deeplabv3plus_r50", num_classes=19).eval()
-gen = torch.Generator().manual_seed(0)
-with torch.no_grad():  # bench_pruned.dense_with_random_gamma, plus every stream BN's γ (otherwise all 1)
-    for g in dense.prunable_units(residual=True):
-        for gm in (g.gammas() if hasattr(g, "gammas") else [g.gamma()]):
-            gm.copy_(torch.rand(g.size, generator=gen))
+
+
+def r50_with_random_gamma(seed: int):
+    """bench_pruned.dense_with_random_gamma, plus every stream BN's γ (otherwise all 1)."""
+    torch.manual_seed(seed)
+    model = create_model("deeplabv3plus_r50", num_classes=19).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for g in model.prunable_units(residual=True):
+            for gm in (g.gammas() if hasattr(g, "gammas") else [g.gamma()]):
+                gm.copy_(torch.rand(g.size, generator=gen))
+    return model
+
+
+dense = r50_with_random_gamma(0)
 f_dense, p_dense = flops(dense, SIZE), params(dense)
 rows = {}
 for residual, exact in ((False, False), (True, False), (False, True), (True, True)):
     times = []
     for _ in range(REPEATS):
         t = time.perf_counter()
-        small = compact(dense, select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual,
-                                            exact_ratio=exact))
+        masks = select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual, exact_ratio=exact)
+        small = compact(dense, masks)
         times.append(time.perf_counter() - t)
     f, p = flops(small, SIZE), params(small)
-    masks = select_masks(dense, ratio=RATIO, round_to=ROUND_TO, prune_residual=residual, exact_ratio=exact)
     removed = sum(int((~m).sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     rows[("prune_residual" if residual else "default") + ("_exact_ratio" if exact else "")] = {
         "units_removed_fraction": round(removed, 4),
@@ -42,12 +49,7 @@ for residual, exact in ((False, False), (True, False), (False, True), (True, Tru
     }
 draws = {}  # the FLOPs fractions on other random-γ draws (how close to 0.50 is luck)
 for seed in (1, 2, 3, 4):
-    other = create_model("deeplabv3plus_r50", num_classes=19).eval()
-    g_other = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for g in other.prunable_units(residual=True):
-            for gm in (g.gammas() if hasattr(g, "gammas") else [g.gamma()]):
-                gm.copy_(torch.rand(g.size, generator=g_other))
+    other = r50_with_random_gamma(seed)
     draws[seed] = {name: round(flops(compact(other, select_masks(other, ratio=RATIO, round_to=ROUND_TO,
                                                                  prune_residual=True, exact_ratio=exact)),
                                      SIZE) / f_dense, 4)
