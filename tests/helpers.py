@@ -74,15 +74,21 @@ def tiny_npdg_runs_with_and_without_residual(tmp_path, model: str, *extra: str) 
     return finals
 
 
+def stream_groups(model) -> list:
+    """The model's coupled residual-stream groups (``prunable_units(residual=True)``)."""
+    from npdg.models.units import CoupledGroup
+
+    return [g for g in model.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
+
+
 def check_compacted_equals_masked(dense, masks, small, x):
     """Every residual stream loses channels; the compacted model computes what the masked one does
     (<= 1e-5 relative) and its widths are the masks' counts. Returns (streams, widths)."""
     import torch
 
-    from npdg.models.units import CoupledGroup
     from npdg.pruning import apply_masks
 
-    streams = [g for g in dense.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
+    streams = stream_groups(dense)
     assert streams and all(not bool(masks[g.name].all()) for g in streams)
     masked = apply_masks(dense, masks)
     with torch.no_grad():

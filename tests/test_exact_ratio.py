@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_scores
 
 from npdg.config import Config, ConfigError
 from npdg.models import create_model
@@ -11,11 +12,6 @@ from npdg.pruning import PruningError, compact, flops, select_masks
 from npdg.pruning.select import unit_step
 
 NUM_CLASSES = 5
-
-
-def _scores(model, residual=False, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return {g.name: torch.rand(g.size, generator=gen) for g in model.prunable_units(residual=residual)}
 
 
 def _removed_by_kind(model, masks, residual):
@@ -31,7 +27,7 @@ def _removed_by_kind(model, masks, residual):
 def test_removes_the_ratio_per_kind_within_half_a_step(name, residual):
     m = create_model(name, num_classes=NUM_CLASSES)
     groups = {g.name: g for g in m.prunable_units(residual=residual)}
-    scores = _scores(m, residual)
+    scores = random_scores(m, residual)
     up = select_masks(m, ratio=0.3, round_to=8, scores=scores, prune_residual=residual)
     exact = select_masks(m, ratio=0.3, round_to=8, scores=scores, prune_residual=residual, exact_ratio=True)
     short = False
@@ -70,7 +66,7 @@ def test_r50_streams_at_ratio_0_3_cost_what_unrounded_pruning_costs():
     """The issue-19 setting (R50, streams, ratio 0.3, round_to 8, random scores): rounding up keeps ~2 points
     of FLOPs more than unrounded pruning (round_to 1); exact_ratio lands within half a point of it."""
     m = create_model("deeplabv3plus_r50", num_classes=19)
-    scores, size = _scores(m, residual=True, seed=0), (64, 128)
+    scores, size = random_scores(m, residual=True, seed=0), (64, 128)
     dense = flops(m, size)
 
     def frac(round_to, exact):

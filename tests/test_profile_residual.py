@@ -12,14 +12,13 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import run_main
+from helpers import random_scores, run_main, stream_groups
 from torch import nn
 
 import npdg
 from npdg import export as E
 from npdg import profile as P
 from npdg.models import create_model
-from npdg.models.units import CoupledGroup
 from npdg.pruning import compact, flops, select_masks
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -28,17 +27,12 @@ FAST = ["--size", "32x64", "--runs", "2", "--warmup", "1", "--profile-runs", "0"
 NAME = "deeplabv3plus_r18"
 
 
-def _stream_names(model) -> list:
-    return [g.name for g in model.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
-
-
 @pytest.fixture(scope="module")
 def residual_pruned(tmp_path_factory):
     """(dense, residual-pruned compacted R18, its npdg model file)."""
     torch.manual_seed(0)
     dense = create_model(NAME, num_classes=3).eval()
-    gen = torch.Generator().manual_seed(0)
-    scores = {g.name: torch.rand(g.size, generator=gen) for g in dense.prunable_units(residual=True)}
+    scores = random_scores(dense, residual=True, seed=0)
     small = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=scores, prune_residual=True)).eval()
     path = tmp_path_factory.mktemp("ckpt") / "final.pt"
     npdg.save_model(small, path)
@@ -66,7 +60,7 @@ def test_sweep_prune_residual_fewer_flops_and_recorded(tmp_path, capsys, monkeyp
     plain = _sweep(tmp_path, capsys)
     res = _sweep(tmp_path, capsys, "--prune_residual")
     # random scores for every group, the residual streams too (not their default |γ|, all 1 at init)
-    streams = _stream_names(create_model(NAME, num_classes=3))
+    streams = [g.name for g in stream_groups(create_model(NAME, num_classes=3))]
     (off, off_scores), (on, on_scores) = calls
     assert (off, on) == (False, True)
     assert on_scores == off_scores | set(streams) and not off_scores & set(streams)
@@ -109,7 +103,7 @@ def test_prune_residual_needs_sweep(residual_pruned, capsys):
 
 def test_checkpoint_profile_keeps_stream_widths(residual_pruned, tmp_path, capsys):
     dense, small, path = residual_pruned
-    streams = _stream_names(dense)
+    streams = [g.name for g in stream_groups(dense)]
     assert all(small.widths()[g] < dense_w for g, dense_w in
                ((g.name, g.size) for g in dense.prunable_units(residual=True) if g.name in streams))
     loaded = npdg.load_model(path).eval()

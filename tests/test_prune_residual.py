@@ -8,6 +8,7 @@ from helpers import (
     check_compacted_equals_masked,
     random_scores,
     randomize_,
+    stream_groups,
     tiny_npdg_runs_with_and_without_residual,
 )
 
@@ -38,7 +39,7 @@ def test_off_by_default_and_declared_only_when_asked():
     for g in coupled:
         g.check()
     r18 = create_model("deeplabv3plus_r18", num_classes=NUM_CLASSES)
-    names = [g.name for g in r18.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
+    names = [g.name for g in stream_groups(r18)]
     assert names == [f"backbone.layer{i}.residual" for i in range(1, 5)]  # the stem is in layer1's stream
     assert set(select_masks(m, ratio=0.3)) == {g.name for g in plain}
 
@@ -128,7 +129,7 @@ def test_sensitivity_covers_the_streams_and_feeds_the_penalty_and_the_prune():
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     plain = compute_sensitivity(m, images, dsp, k=2, generator=torch.Generator().manual_seed(1))
     sens = compute_sensitivity(m, images, dsp, k=2, generator=torch.Generator().manual_seed(1), residual=True)
-    streams = [g.name for g in m.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
+    streams = [g.name for g in stream_groups(m)]
     assert set(sens.weights) == set(plain.weights) | set(streams)
     # observed at the stage output: the stem and layer1 (the perturbed feature itself) are upstream
     assert {"backbone.stem", "backbone.layer1.residual"} <= set(sens.upstream)

@@ -10,6 +10,7 @@ from helpers import (
     random_scores,
     randomize_,
     run_main,
+    stream_groups,
     tiny_npdg_runs_with_and_without_residual,
 )
 from test_prune_residual import test_residual_pruning_is_cheaper_than_without, test_save_load_round_trip  # noqa: F401
@@ -18,7 +19,6 @@ from torch import nn
 import npdg
 from npdg.models import create_model
 from npdg.models.mit import StreamLayerNorm
-from npdg.models.units import CoupledGroup
 from npdg.pruning import compact, flops, l1_penalty, select_masks, unit_importance
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
@@ -45,10 +45,6 @@ def _randomize(model, seed=0):
 def _dense(name):
     torch.manual_seed(0)
     return _randomize(create_model(name, num_classes=NUM_CLASSES)).eval()
-
-
-def _streams(model):
-    return [g for g in model.prunable_units(residual=True) if isinstance(g, CoupledGroup)]
 
 
 def test_streams_declared_only_when_asked():
@@ -130,7 +126,7 @@ def test_compacted_equals_masked_with_residual_pruning(case):
 
 def test_importance_is_the_mean_abs_gamma_over_the_stream_layer_norms():
     m = _dense("segformer_b0")
-    g = next(g for g in _streams(m) if g.name == "backbone.stages.1.residual")
+    g = next(g for g in stream_groups(m) if g.name == "backbone.stages.1.residual")
     stage = m.backbone.stages[1]
     norms = [stage.patch_embed.norm, stage.norm] + [n for b in stage.blocks for n in (b.norm1, b.norm2)]
     assert {id(n) for n in g.scale_modules} == {id(n) for n in norms}
@@ -143,7 +139,7 @@ def test_importance_is_the_mean_abs_gamma_over_the_stream_layer_norms():
 def test_train_prune_residual_end_to_end(tmp_path):
     finals = tiny_npdg_runs_with_and_without_residual(tmp_path, "segformer_b0", "--ratio=0.6")
     dense = create_model("segformer_b0", num_classes=finals["true"].num_classes)
-    streams = {g.name: g.size for g in _streams(dense)}
+    streams = {g.name: g.size for g in stream_groups(dense)}
     assert not any(k.endswith(".residual") for k in finals["false"].widths())
     got = {n: w for n, w in finals["true"].widths().items() if n in streams}
     # ratio 0.6 (the streams are ranked together; at 0.3 stage 0's stream may keep all its channels):
@@ -161,7 +157,7 @@ def test_residual_pruned_b0_exports_to_onnx(tmp_path, capsys):
     dense = _dense("segformer_b0")
     small = compact(dense, select_masks(dense, ratio=0.3, round_to=8, scores=random_scores(dense),
                                         prune_residual=True)).eval()
-    assert all(small.widths()[g.name] < g.size for g in _streams(dense))
+    assert all(small.widths()[g.name] < g.size for g in stream_groups(dense))
     path = tmp_path / "small.pt"
     npdg.save_model(small, path)
     out = tmp_path / "m.onnx"
