@@ -226,6 +226,22 @@ def sub_widths(widths: dict | None, prefix: str) -> dict:
     return {k[len(head) :]: v for k, v in (widths or {}).items() if k.startswith(head)}
 
 
+def supports_residual(model: nn.Module) -> bool:
+    """True if the model declares coupled residual-stream groups (``prunable_units(residual=True)``)."""
+    return bool(getattr(model, "supports_residual", lambda: False)())
+
+
+def groups_by_name(model: nn.Module, residual: bool = False, names=()) -> dict:
+    """{name: group} of ``model.prunable_units()``; the coupled residual groups too when ``residual`` or
+    when ``names`` (e.g. a masks dict) mention a group the default declarations lack."""
+    if residual and supports_residual(model):  # (l1_penalty calls this every step: declare the groups once)
+        return {g.name: g for g in model.prunable_units(residual=True)}
+    groups = {g.name: g for g in model.prunable_units()}
+    if set(names) - set(groups) and supports_residual(model):
+        groups = {g.name: g for g in model.prunable_units(residual=True)}
+    return groups
+
+
 def kept_positions(
     model: nn.Module, keep: dict[str, torch.Tensor]
 ) -> tuple[dict[tuple[str, int], torch.Tensor], dict[str, int]]:
@@ -236,9 +252,7 @@ def kept_positions(
     appear with dim 0 and dim 1, e.g. a conv that both produces and consumes pruned channels), and
     ``{group name: kept count}`` for every group.
     """
-    groups = {g.name: g for g in model.prunable_units()}
-    if set(keep) - set(groups) and getattr(model, "supports_residual", lambda: False)():
-        groups = {g.name: g for g in model.prunable_units(residual=True)}  # keep names coupled groups
+    groups = groups_by_name(model, names=keep)  # keep may name coupled groups
     unknown = set(keep) - set(groups)
     if unknown:
         raise KeyError(f"unknown unit groups {sorted(unknown)}")

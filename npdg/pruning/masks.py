@@ -7,25 +7,11 @@ import copy
 import torch
 from torch import nn
 
+from npdg.models.units import groups_by_name, supports_residual
+
 
 class PruningError(ValueError):
     """A pruning request that cannot be honoured (bad arguments, masks or per-unit tensors)."""
-
-
-def groups_by_name(model: nn.Module, residual: bool = False, names=()) -> dict:
-    """{name: group} of ``model.prunable_units()``; the coupled residual groups too when ``residual`` or
-    when ``names`` (e.g. a masks dict) mention a group the default declarations lack."""
-    if residual and supports_residual(model):  # (l1_penalty calls this every step: declare the groups once)
-        return {g.name: g for g in model.prunable_units(residual=True)}
-    groups = {g.name: g for g in model.prunable_units()}
-    if set(names) - set(groups) and supports_residual(model):
-        groups = {g.name: g for g in model.prunable_units(residual=True)}
-    return groups
-
-
-def supports_residual(model: nn.Module) -> bool:
-    """True if the model declares coupled residual-stream groups (``prunable_units(residual=True)``)."""
-    return bool(getattr(model, "supports_residual", lambda: False)())
 
 
 def require_residual(model: nn.Module) -> None:

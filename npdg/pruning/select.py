@@ -38,7 +38,8 @@ import math
 import torch
 from torch import nn
 
-from npdg.pruning.masks import PruningError, check_per_unit, groups_by_name, require_residual
+from npdg.models.units import groups_by_name
+from npdg.pruning.masks import PruningError, check_per_unit, require_residual
 from npdg.pruning.sparsity import unit_importance
 
 

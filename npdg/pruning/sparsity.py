@@ -46,8 +46,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from npdg.models.units import CoupledGroup
-from npdg.pruning.masks import PruningError, check_per_unit, groups_by_name
+from npdg.models.units import CoupledGroup, groups_by_name
+from npdg.pruning.masks import PruningError, check_per_unit
 
 
 def is_gate(group) -> bool:
