@@ -91,6 +91,10 @@ class Config:
     #   paper's (restyled samples replace them). Default since issue 16: with sens_scale=relative and
     #   prune_sens=1, final source +3.47 [+1.71, +5.23] over the paper's recipe (5 seeds, equal budget, source
     #   val; benches/results/dg_budget260/compare5-npdgB-npdg.md)
+    dsp_split_bn: bool = False  # feature level: the restyled samples get their own BatchNorm batch statistics
+    #   (shared γ/β; running statistics from the clean samples only); false = one batch (the paper's)
+    dsp_weight: float = 0.0  # feature level: 0 = one loss mean over clean and restyled samples (the paper's);
+    #   > 0 = the clean samples' mean + dsp_weight x the restyled samples' mean
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -194,6 +198,9 @@ class Config:
         if self.sens_scale not in ("output", "relative"):
             raise ConfigError(f"sens_scale={self.sens_scale!r}: expected output or relative")
         _check_range(self, "prune_sens", 0, None)
+        _check_range(self, "dsp_weight", 0, None)
+        if (self.dsp_split_bn or self.dsp_weight > 0) and self.dsp_level != "feature":
+            raise ConfigError("dsp_split_bn / dsp_weight: feature-level DSP only (dsp_level=feature)")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self

@@ -133,7 +133,8 @@ class Recipe:
         self.dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
                               beta=cfg.dsp_beta, p=cfg.dsp_p, adv_steps=cfg.adv_steps,
                               adv_step_size=cfg.adv_step_size, eps_scale=cfg.eps_scale,
-                              copy=cfg.dsp_copy).to(self.ctx.device)
+                              copy=cfg.dsp_copy, split_bn=cfg.dsp_split_bn,
+                              restyled_weight=cfg.dsp_weight).to(self.ctx.device)
         self.dsp_opt = torch.optim.Adam(self.dsp.parameters(), lr=cfg.dsp_lr)
 
     @property

@@ -110,3 +110,54 @@ def test_lr_schedule_run_end_to_end(tmp_path):
     # the LR after each step of one linear decay over 6 steps: 0.01 * (1 - k/6), k = 1..6
     assert lrs == [("train", k, round(0.01 * (1 - k / 6), 6)) for k in range(1, 5)] + \
                   [("finetune", k, round(0.01 * (1 - (4 + k) / 6), 6)) for k in range(1, 3)]
+
+
+def test_split_bn_stats_normalises_each_part_with_its_own_batch():
+    from npdg.dsp.perturb import split_bn_stats
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = torch.cat([torch.randn(2, 3, 4, 4) * 5 + 3, torch.randn(4, 3, 4, 4)])  # restyled head far off
+    clean_only = torch.nn.BatchNorm2d(3).train()
+    clean_only.load_state_dict(bn.state_dict())
+    with split_bn_stats(bn, 2):
+        y = bn(x)
+    mean, var = x[:2].mean((0, 2, 3), keepdim=True), x[:2].var((0, 2, 3), unbiased=False, keepdim=True)
+    head = (x[:2] - mean) / (var + bn.eps).sqrt() * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(y[:2], head)
+    torch.testing.assert_close(y[2:], clean_only(x[2:]))
+    # the running statistics saw the clean samples only
+    torch.testing.assert_close(bn.running_mean, clean_only.running_mean)
+    torch.testing.assert_close(bn.running_var, clean_only.running_var)
+    assert bn(x).sub(y).abs().max() > 0.1  # (outside the context: one batch again)
+    bn.eval()
+    with split_bn_stats(bn, 2):  # eval mode: running statistics for every sample
+        torch.testing.assert_close(bn(x), torch.nn.functional.batch_norm(
+            x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
+
+
+def test_dsp_split_bn_and_weight_in_the_training_loss():
+    torch.manual_seed(0)
+    model = create_model("deeplabv3plus_r18", num_classes=5)
+    images, labels = torch.randn(4, 3, 32, 64), torch.randint(0, 5, (4, 32, 64))
+    outs = {}
+    for name, kwargs in {"plain": {}, "split": {"split_bn": True}, "weight": {"restyled_weight": 0.5}}.items():
+        torch.manual_seed(1)
+        dsp = FeatureDSP(model.style_channels, latent=8, hidden=16, p=0.5, adv_steps=0, copy=True, **kwargs)
+        with torch.random.fork_rng():
+            outs[name] = dsp.task_loss(model, model, images, labels, cross_entropy)
+    (plain, plain_logs), (split, split_logs), (weight, weight_logs) = outs.values()
+    # pooled mean over 4 clean + 2 restyled samples = (4 clean + 2 restyled) / 6; weighted: clean + 0.5 restyled
+    dvae = plain - plain_logs["dsp_task"]
+    torch.testing.assert_close(plain_logs["dsp_task"], (4 * plain_logs["dsp_clean"] + 2 * plain_logs["dsp_pert"]) / 6,
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight - dvae, torch.tensor(weight_logs["dsp_clean"] + 0.5 * weight_logs["dsp_pert"]),
+                               rtol=1e-5, atol=1e-5)
+    assert abs(split_logs["dsp_clean"] - plain_logs["dsp_clean"]) > 1e-4  # the clean samples' BN stats changed
+    with pytest.raises(ConfigError, match="dsp_weight"):
+        load_config(None, ["--dsp_weight=-0.5"])
+    with pytest.raises(ConfigError, match="feature-level DSP only"):
+        load_config(None, ["--dsp_split_bn", "--dsp_level=image"])

@@ -93,6 +93,31 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+@contextmanager
+def split_bn_stats(model: nn.Module, n: int) -> Iterator[None]:
+    """Training BatchNorm layers normalise the first ``n`` samples (the restyled ones) with their own batch
+    statistics and the rest with theirs; only the rest update the running statistics (an auxiliary BN
+    without its own affine: γ and β stay shared, so pruning and compaction see one BN per unit).
+    Eval-mode layers and batches of <= n samples are untouched."""
+    patched = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+    def split(module, forward):
+        def run(x):
+            if not module.training or n <= 0 or x.shape[0] <= n:
+                return forward(x)
+            head = F.batch_norm(x[:n], None, None, module.weight, module.bias, True, 0.0, module.eps)
+            return torch.cat([head, forward(x[n:])])
+        return run
+
+    for m in patched:
+        m.forward = split(m, m.forward)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward  # back to the class's forward
+
+
 class FeatureDSP(nn.Module):
     """Adversarial AdaIN style perturbation at ``model.style_layer`` with an online-trained D-VAE.
 
@@ -100,22 +125,26 @@ class FeatureDSP(nn.Module):
     p: fraction of each batch that is perturbed (the first ceil(p * N) samples; loaders shuffle);
     adv_steps / adv_step_size: ascent steps on delta and how far each moves the style, in source spreads
     (see the module doc); eps_scale: multiplies the posterior draw sigma_z * xi (1 = a plain VAE sample);
-    log_gain: also measure adv_gain exactly (one more no-grad forward of the perturbed samples).
+    log_gain: also measure adv_gain exactly (one more no-grad forward of the perturbed samples);
+    split_bn: the restyled samples get their own BatchNorm batch statistics (:func:`split_bn_stats`);
+    restyled_weight: 0 = one loss mean over all samples, clean and restyled (the paper's); > 0 = the clean
+    samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight).
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
                  adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
-                 copy: bool = False):
+                 copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"FeatureDSP: p must be in [0, 1], got {p}")
-        if adv_steps < 0 or adv_step_size < 0 or eps_scale < 0 or beta < 0:
-            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale and beta must be >= 0")
+        if adv_steps < 0 or adv_step_size < 0 or eps_scale < 0 or beta < 0 or restyled_weight < 0:
+            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta and restyled_weight must be >= 0")
         self.dvae = DVAE(channels, latent, hidden)
         self.beta, self.p = beta, p
         self.copy = copy  # restyle COPIES of the first ceil(p*N) samples (batch N + ceil(p*N)); else replace them
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
+        self.split_bn, self.restyled_weight = split_bn, restyled_weight
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -302,9 +331,13 @@ class FeatureDSP(nn.Module):
                 dvae_out["loss"] = self.dvae.loss(mean[clean_from:], std[clean_from:], beta=self.beta)
             return f
 
-        with perturbation(model, hook), autocast or nullcontext():
+        with perturbation(model, hook), split_bn_stats(model, n) if self.split_bn else nullcontext(), \
+                autocast or nullcontext():
             logits = net(images)
-        task = loss_fn(logits, labels)
+        if self.restyled_weight > 0 and 0 < n < n_total:
+            task = loss_fn(logits[n:], labels[n:]) + self.restyled_weight * loss_fn(logits[:n], labels[:n])
+        else:
+            task = loss_fn(logits, labels)
         dvae_loss, parts = dvae_out["loss"]
         with torch.no_grad():
             if 0 < n < n_total:
