@@ -30,7 +30,7 @@ for run in "${runs[@]}"; do
     method=${run%-s*}
     seed=${run##*-s}
     extra=(${budget:+--budget="$budget"})
-    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0)
+    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0 --dsp_weight=0)
     case $method in
         dsp) extra+=("${paper[@]}") ;;
         npdg) extra+=("${paper[@]}") ;;

@@ -161,3 +161,22 @@ def test_dsp_split_bn_and_weight_in_the_training_loss():
         load_config(None, ["--dsp_weight=-0.5"])
     with pytest.raises(ConfigError, match="feature-level DSP only"):
         load_config(None, ["--dsp_split_bn", "--dsp_level=image"])
+
+
+# the paper's value of every recipe key issue 16 added or changed; a paper preset states each one, so a change
+# of the embedded run's defaults never changes what the paper path runs
+PAPER_RECIPE = {"dsp_copy": False, "sens_scale": "output", "prune_sens": 0.0, "lr_schedule": "stage",
+                "dsp_weight": 0.0, "dsp_split_bn": False}
+
+
+@pytest.mark.parametrize("preset", ["gta5_cityscapes_r50", "gta5_cityscapes_r101", "gta5_cityscapes_vgg16",
+                                    "gta5_cityscapes_mitb5"])
+def test_paper_presets_state_the_paper_recipe(preset):
+    import yaml
+
+    from npdg.config import PRESET_DIR
+
+    stated = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
+    assert {k: stated.get(k) for k in PAPER_RECIPE} == PAPER_RECIPE
+    cfg = load_config(None, [f"--preset={preset}"])
+    assert {k: getattr(cfg, k) for k in PAPER_RECIPE} == PAPER_RECIPE
