@@ -163,7 +163,7 @@ class Recipe:
             with torch.autocast(images.device.type, enabled=False):  # the frozen generator and its D-VAE: fp32
                 return image_task_loss(self.dsp, net, images, labels, self.seg_loss, p=p,
                                        adv_steps=cfg.adv_steps, adv_step_size=cfg.adv_step_size,
-                                       eps_scale=cfg.eps_scale, copy=cfg.dsp_copy)
+                                       eps_scale=cfg.eps_scale, copy=cfg.dsp_copy, restyled_weight=cfg.dsp_weight)
         return self.dsp.task_loss(net, model, images, labels, self.seg_loss, p=p)  # (its D-VAE runs in fp32)
 
     def refresh_sensitivity(self, model, images) -> None:

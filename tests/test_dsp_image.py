@@ -231,6 +231,11 @@ def test_image_task_loss_copy_keeps_the_whole_clean_batch():
     torch.testing.assert_close(loss.detach(), F.cross_entropy(logits, full, ignore_index=255))
     assert logs["num_perturbed"] == 2
     torch.testing.assert_close(torch.tensor(logs["clean"]), F.cross_entropy(logits[2:], labels, ignore_index=255))
+    torch.manual_seed(3)  # the same draws again, the loss now clean mean + 0.5 x restyled mean
+    weighted, logs_w = image_task_loss(gen, _seg_net(), x, labels, p=0.5, adv_steps=1, copy=True,
+                                       restyled_weight=0.5)
+    torch.testing.assert_close(weighted.detach(), torch.tensor(logs_w["clean"] + 0.5 * logs_w["perturbed"]))
+    torch.testing.assert_close(torch.tensor(logs_w["clean"]), torch.tensor(logs["clean"]))
 
 
 # --- save / load, encoder weights

@@ -374,7 +374,8 @@ def load_generator(path, encoder_weights: str | None = None, map_location="cpu")
 
 def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     loss_fn=cross_entropy, p: float = 0.5, adv_steps: int = 1, adv_step_size: float = 1.0,
-                    eps_scale: float = 1.0, copy: bool = False) -> tuple[torch.Tensor, dict]:
+                    eps_scale: float = 1.0, copy: bool = False, restyled_weight: float = 0.0
+                    ) -> tuple[torch.Tensor, dict]:
     """Segmentation loss of a batch whose first ceil(p * N) images are restyled adversarially (``copy``:
     restyled COPIES of them go in front of the whole clean batch, N + ceil(p * N) images, instead).
 
@@ -382,7 +383,8 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
     ``loss_fn(net(gen.perturb(images, eps)), labels)`` for those images (gradients to eps only; BN
     running stats untouched, see ``npdg.dsp.perturb.frozen_bn_stats``; with a single restyled image one
     clean partner rides along, as BN needs >= 2 samples), then ``loss_fn`` (default cross-entropy, 255
-    ignored) runs on the whole batch. The generator stays frozen: the restyled images are made without a
+    ignored) runs on the whole batch (``restyled_weight`` > 0: the clean images' mean + restyled_weight x the
+    restyled images' mean instead of one mean over both, see FeatureDSP). The generator stays frozen: the restyled images are made without a
     graph. Returns (loss, logs) with logs = {"clean", "perturbed" (float, per part), "num_perturbed"}.
     """
     if not 0.0 <= p <= 1.0:
@@ -408,7 +410,10 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
         if copy:
             labels, n = torch.cat([labels[:k], labels]), n + k
     logits = net(images)
-    loss = loss_fn(logits, labels)
+    if restyled_weight > 0 and 0 < k < n:
+        loss = loss_fn(logits[k:], labels[k:]) + restyled_weight * loss_fn(logits[:k], labels[:k])
+    else:
+        loss = loss_fn(logits, labels)
     with torch.no_grad():
         logs = {"num_perturbed": k,
                 "perturbed": loss_fn(logits[:k], labels[:k]).item() if k else float("nan"),
