@@ -2,10 +2,10 @@
 # The README's results table: every method on the embedded benchmark with the default budget.
 #   bash benches/dg_table.sh OUTDIR [RUN ...]     RUN = METHOD-sSEED, METHOD in erm dsp npdg slimming
 #                                                 npdg_lam1 npdg_lam0 npdg_default (default: the table's twelve runs)
-# The table's dsp / npdg runs are the paper's recipe (restyled samples replace half the batch, sensitivity from
-# the γ-scaled outputs, |γ| prune), which was the default when they ran: they get those keys explicitly.
-# npdg_default is `python -m npdg.train --method npdg` as it is now (restyled copies, scale-free sensitivity,
-# prune_sens 1; see README "At equal budgets").
+# The table's dsp / npdg runs are the paper's recipe (restyled samples replace half the batch, one loss mean,
+# sensitivity from the γ-scaled outputs, |γ| prune), which was the default when they ran: they get those keys
+# explicitly. npdg_default is `python -m npdg.train --method npdg` as it is now (restyled copies weighted 0.5
+# beside the whole clean batch, scale-free sensitivity, prune_sens 1; see README "At equal budgets").
 # About 10 minutes a run on 2 CPU cores; finished runs are skipped, an interrupted one is resumed.
 # Each run's metrics.json is copied to benches/results/dg/RUN.json; the table (with seed means) is printed at the end,
 # then the paired comparison npdg - erm over their shared seeds (python -m npdg.compare).
