@@ -76,6 +76,9 @@ class Config:
     prune_residual: bool = False  # slimming / npdg: also prune the residual streams (coupled groups, one per
     #   ResNet / MiT stage; DeepLabV3+ R18/R50/R101, SegFormer), ranked by mean |γ| over a stream's BNs
     #   (MiT: LayerNorms); the sparsity penalty then also covers those γ (see npdg.pruning.select / sparsity)
+    prune_fade: float = 0.0  # slimming / npdg: the units the prune removes are chosen this fraction of the train
+    #   stage before its end and fade out (their γ/β shrink linearly each step, 0 at the end), so the prune cuts
+    #   units that are already 0 and the network has adapted to losing them; 0 = cut at the prune (the paper's)
     finetune_iters: int = -1  # fine-tuning steps of the compacted model (own poly schedule); -1 = the method's
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 60 for npdg (DSP steps cost 1.6x; its prune costs <= 1.4 source)
@@ -201,6 +204,7 @@ class Config:
             raise ConfigError(f"sens_scale={self.sens_scale!r}: expected output or relative")
         _check_range(self, "prune_sens", 0, None)
         _check_range(self, "dsp_weight", 0, None)
+        _check_range(self, "prune_fade", 0, 1, high_open=True)
         if self.dsp_split_bn and self.dsp_level != "feature":
             raise ConfigError("dsp_split_bn: feature-level DSP only (dsp_level=feature)")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):

@@ -116,6 +116,7 @@ class Recipe:
         self.weights = None  # npdg: {group: w (size,)} from the last sensitivity pass
         self.last_sensitivity = None  # the Sensitivity behind self.weights (saved with dense.pt)
         self.sens_dsp = None  # image level: the feature-level D-VAE that makes sensitivity's styles
+        self.fade_masks = None  # prune_fade: the keep-masks chosen when the fade began (the prune then uses them)
         announce_amp(ctx)  # (once per run: the run builds one Recipe)
         if self.cfg.uses_dsp:
             self.attach_dsp(model)
@@ -190,12 +191,19 @@ class Recipe:
         """The train stage's loss: task + s·Σ w·|γ| (w = 1 for slimming, sensitivity for npdg)."""
         from npdg.pruning import l1_penalty
 
+        from npdg.pruning import scale_masked_
+
         cfg = self.cfg
         warmup = round(cfg.dsp_warmup * cfg.iters)
+        fade_from = cfg.iters - round(cfg.prune_fade * cfg.iters) if cfg.prunes else cfg.iters
 
         def loss_fn(net, step, images, labels):
             if cfg.method == "npdg" and (self.weights is None or (step - 1) % cfg.sens_every == 0):
                 self.refresh_sensitivity(model, images)
+            if step > fade_from:  # the units the prune will remove shrink by (k-1)/k each step (k: the steps
+                if self.fade_masks is None:  # left + 1): linearly to 1/(fade steps + 1), then 0 at the end
+                    self.fade_masks = choose_masks(self.ctx, model, self.last_sensitivity)
+                scale_masked_(model, self.fade_masks, (cfg.iters - step + 1) / (cfg.iters - step + 2))
             loss, logs = self.task_loss(net, model, images, labels, clean=step <= warmup)
             if cfg.prunes and cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None,
@@ -215,6 +223,8 @@ class Recipe:
             out["dsp"] = {"state": self.dsp.state_dict(), "optimizer": self.dsp_opt.state_dict()}
         if self.weights is not None:
             out["sensitivity"] = {k: v.detach().cpu() for k, v in self.weights.items()}
+        if self.fade_masks is not None:
+            out["fade_masks"] = {k: v.cpu() for k, v in self.fade_masks.items()}
         return out
 
     def load_state(self, state: dict) -> None:
@@ -223,6 +233,8 @@ class Recipe:
             self.dsp_opt.load_state_dict(state["dsp"]["optimizer"])
         if state.get("sensitivity"):
             self.weights = {k: v.to(self.ctx.device) for k, v in state["sensitivity"].items()}
+        if state.get("fade_masks"):
+            self.fade_masks = {k: v.to(self.ctx.device) for k, v in state["fade_masks"].items()}
 
 
 def prune_scores(model, sens, alpha: float, residual: bool = False) -> dict | None:
@@ -237,6 +249,27 @@ def prune_scores(model, sens, alpha: float, residual: bool = False) -> dict | No
 
     return {name: imp / sens.scale_free[name].to(imp).clamp_min(1e-6) ** alpha if name in sens.scale_free else imp
             for name, imp in unit_importance(model, residual=residual).items()}
+
+
+def choose_masks(ctx: Context, model, sens) -> dict:
+    """The prune's keep-masks {group: bool (size,)}: rank 0 decides (``select_masks``, the sensitivity pass
+    ``sens`` in the criterion per prune_sens), every rank gets the same ones: every rank holds the same model,
+    hence the same groups in the same order; rank 0's masks travel as one flat uint8 tensor in that order."""
+    from npdg.pruning import select_masks
+
+    cfg = ctx.cfg
+    groups = [(g.name, g.size) for g in model.prunable_units(residual=cfg.prune_residual)]
+    flat = torch.zeros(sum(size for _, size in groups), dtype=torch.uint8, device=ctx.device)
+    if ctx.main:
+        chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
+                              threshold=cfg.threshold if cfg.threshold > 0 else None,
+                              round_to=cfg.round_to, min_keep=cfg.min_keep,
+                              scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual),
+                              prune_residual=cfg.prune_residual, exact_ratio=cfg.exact_ratio)
+        flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
+    if ctx.world > 1:
+        torch.distributed.broadcast(flat, src=0)
+    return dict(zip((name for name, _ in groups), flat.bool().split([size for _, size in groups]), strict=True))
 
 
 # --- stages -------------------------------------------------------------------------------------------
@@ -291,6 +324,10 @@ class Run:
     def stage_train(self, model, recipe, resume):
         cfg = self.cfg
         self.optimise("train", model, recipe, recipe.sparse_loss_fn(model), cfg.iters, cfg.lr, resume)
+        if recipe.fade_masks is not None:  # the fade's last factor: the faded units are exactly 0 in dense.pt
+            from npdg.pruning import apply_masks
+
+            apply_masks(model, recipe.fade_masks, inplace=True)
         if self.ctx.main:
             save_model(model, self.dir / "dense.pt", config=self.cfg.to_dict())
             if recipe.last_sensitivity is not None:
@@ -298,30 +335,16 @@ class Run:
         return model
 
     def stage_prune(self, model, recipe):
-        from npdg.pruning import compact, select_masks
+        from npdg.pruning import compact
+        from npdg.sensitivity import Sensitivity, pruned_vs_kept
 
         cfg, ctx = self.cfg, self.ctx
-        # rank 0 decides, everyone compacts the same way: every rank holds the same model, hence the same
-        # groups in the same order; rank 0's masks travel as one flat uint8 tensor in that order
-        groups = [(g.name, g.size) for g in model.prunable_units(residual=cfg.prune_residual)]
-        flat = torch.zeros(sum(size for _, size in groups), dtype=torch.uint8, device=ctx.device)
-        if ctx.main:
-            from npdg.sensitivity import Sensitivity, pruned_vs_kept
-
-            sens_file = self.dir / "sensitivity.json"  # npdg: the last pass of the train stage
-            sens = Sensitivity.load(sens_file) if sens_file.is_file() else None
-            chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
-                                  threshold=cfg.threshold if cfg.threshold > 0 else None,
-                                  round_to=cfg.round_to, min_keep=cfg.min_keep,
-                                  scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual),
-                                  prune_residual=cfg.prune_residual, exact_ratio=cfg.exact_ratio)
-            flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
-            if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
-                self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, chosen)
-        if ctx.world > 1:
-            torch.distributed.broadcast(flat, src=0)
-        masks = dict(zip((name for name, _ in groups), flat.bool().split([size for _, size in groups]),
-                         strict=True))
+        sens_file = self.dir / "sensitivity.json"  # npdg: the last pass of the train stage (rank 0 wrote it)
+        sens = Sensitivity.load(sens_file) if ctx.main and sens_file.is_file() else None
+        # prune_fade: the units that faded out during training (chosen where the fade began), else chosen now
+        masks = recipe.fade_masks if recipe.fade_masks is not None else choose_masks(ctx, model, sens)
+        if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
+            self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, masks)
         small = compact(model, masks)
         if recipe.dsp is not None and cfg.dsp_level == "feature" and small.style_channels != model.style_channels:
             recipe.attach_dsp(small)  # the perturbed layer itself was pruned (VGG): a fresh D-VAE

@@ -120,11 +120,15 @@ class UnitGroup:
     @torch.no_grad()
     def mask_(self, pruned: torch.Tensor) -> None:
         """Silence units in place: zero γ (and the BN bias). ``pruned``: bool (size,) or indices."""
-        pruned = torch.as_tensor(pruned, device=self.gamma().device)
-        self.scale_module.weight[pruned] = 0
-        bias = getattr(self.scale_module, "bias", None)
-        if bias is not None:
-            bias[pruned] = 0
+        self.scale_(pruned, 0.0)
+
+    @torch.no_grad()
+    def scale_(self, units: torch.Tensor, factor: float) -> None:
+        """Multiply what :meth:`mask_` zeroes by ``factor`` (a unit fading out: factor 0 is mask_)."""
+        units = torch.as_tensor(units, device=self.gamma().device)
+        for t in (self.scale_module.weight, getattr(self.scale_module, "bias", None)):
+            if t is not None:
+                t[units] = t[units] * factor if factor else 0
 
     def check(self) -> None:
         """Raise if a declared slice does not fit the tensor it points at."""
@@ -165,16 +169,26 @@ class CoupledGroup(UnitGroup):
         return [m.weight for m in self.scale_modules]
 
     @torch.no_grad()
-    def mask_(self, pruned: torch.Tensor) -> None:
-        pruned = torch.as_tensor(pruned, device=self.gamma().device)
+    def scale_(self, units: torch.Tensor, factor: float) -> None:
+        units = torch.as_tensor(units, device=self.gamma().device)
+        index = units.nonzero().flatten() if units.dtype == torch.bool else units.long().flatten()
+        hit = {}  # id(tensor) -> (tensor, bool mask of its entries): a LayerNorm γ that is both a scale module
+        #   and a producer slice is scaled once
+
+        def mark(t, dim, pos):
+            if id(t) not in hit:
+                hit[id(t)] = (t, torch.zeros_like(t, dtype=torch.bool))
+            hit[id(t)][1].index_fill_(dim, pos.to(t.device), True)
+
         if self.zero_producers:
-            units = pruned.nonzero().flatten() if pruned.dtype == torch.bool else pruned.long().flatten()
             for s in self.producers:
-                s.tensor().index_fill_(s.dim, s.positions(units).to(s.tensor().device), 0)
+                mark(s.tensor(), s.dim, s.positions(index))
         for m in self.scale_modules:
-            m.weight[pruned] = 0
-            if getattr(m, "bias", None) is not None:
-                m.bias[pruned] = 0
+            for t in (m.weight, getattr(m, "bias", None)):
+                if t is not None:
+                    mark(t, 0, index)
+        for t, where in hit.values():
+            t[where] = t[where] * factor if factor else 0
 
 
 def coupled_channel_group(
