@@ -213,12 +213,14 @@ def test_presets_load_and_validate(name):
         assert cfg.model in available_models()
 
 
-def test_ddp_two_cpu_processes_slimming(tmp_path):
-    """torchrun --nproc_per_node=2 on CPU (gloo) through every slimming stage."""
+@pytest.mark.parametrize("extra", [[], ["--prune_fade=0.5"]], ids=["cut", "fade"])
+def test_ddp_two_cpu_processes_slimming(tmp_path, extra):
+    """torchrun --nproc_per_node=2 on CPU (gloo) through every slimming stage (fade: rank 0 chooses the fading
+    units inside a training step and broadcasts them)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "npdg.train",
-           *TINY, "--method=slimming", "--device=cpu", "--ratio=0.5", "--round_to=4", "--out", str(out)]
+           *TINY, "--method=slimming", "--device=cpu", "--ratio=0.5", "--round_to=4", *extra, "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((out / "metrics.json").read_text())
