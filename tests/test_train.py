@@ -87,9 +87,11 @@ class _Interrupt(BaseException):
     pass
 
 
-@pytest.mark.parametrize("where", ["between_stages", "inside_finetune", "inside_train"])
+@pytest.mark.parametrize("where", ["between_stages", "inside_finetune", "inside_train", "inside_fade"])
 def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     args = TINY + ["--method=slimming", "--ratio=0.5", "--round_to=4", "--iters=6", "--finetune_iters=4"]
+    if where == "inside_fade":  # steps 4-6 fade the units chosen at step 4; cut at step 5 (checkpoint: step 4)
+        args += ["--prune_fade=0.5"]
     main(args + ["--out", str(tmp_path / "whole")])
 
     import npdg.loop
@@ -103,11 +105,12 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
         monkeypatch.setattr(npdg.train.Run, "stage_prune", stage_prune)
     else:
         stage = "finetune" if where == "inside_finetune" else "train"
+        cut_at = 5 if where == "inside_fade" else 3
         original_fit = npdg.loop.fit
 
         def fit(ctx, name, model, dataset, loss_fn, *a, **k):
             def interrupted(net, step, images, labels):
-                if name == stage and step == 3:  # after the checkpoint at step 2
+                if name == stage and step == cut_at:  # after the checkpoint at step cut_at - 1
                     raise _Interrupt
                 return loss_fn(net, step, images, labels)
 
@@ -118,8 +121,10 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
         main(args + ["--out", str(tmp_path / "cut")])
     monkeypatch.undo()
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
-    expected = {"between_stages": ("prune", 0), "inside_finetune": ("finetune", 2), "inside_train": ("train", 2)}
+    expected = {"between_stages": ("prune", 0), "inside_finetune": ("finetune", 2), "inside_train": ("train", 2),
+                "inside_fade": ("train", 4)}
     assert (state["stage"], state["step"]) == expected[where]
+    assert ("fade_masks" in state) == (where == "inside_fade")
     main(["--resume", str(tmp_path / "cut")])
 
     whole, cut = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "cut"))
