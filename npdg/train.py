@@ -189,9 +189,7 @@ class Recipe:
 
     def sparse_loss_fn(self, model):
         """The train stage's loss: task + s·Σ w·|γ| (w = 1 for slimming, sensitivity for npdg)."""
-        from npdg.pruning import l1_penalty
-
-        from npdg.pruning import scale_masked_
+        from npdg.pruning import l1_penalty, scale_masked_
 
         cfg = self.cfg
         warmup = round(cfg.dsp_warmup * cfg.iters)
@@ -200,10 +198,11 @@ class Recipe:
         def loss_fn(net, step, images, labels):
             if cfg.method == "npdg" and (self.weights is None or (step - 1) % cfg.sens_every == 0):
                 self.refresh_sensitivity(model, images)
-            if step > fade_from:  # the units the prune will remove shrink by (k-1)/k each step (k: the steps
-                if self.fade_masks is None:  # left + 1): linearly to 1/(fade steps + 1), then 0 at the end
-                    self.fade_masks = choose_masks(self.ctx, model, self.last_sensitivity)
-                scale_masked_(model, self.fade_masks, (cfg.iters - step + 1) / (cfg.iters - step + 2))
+            if step > fade_from:  # prune_fade: the units the prune will remove, chosen at the first fading step,
+                if self.fade_masks is None:  # shrink by k/(k+1) each step (k = iters - step + 1), i.e. linearly
+                    self.fade_masks = choose_masks(self.ctx, model, self.last_sensitivity)  # to 1/(K+1) of
+                scale_masked_(model, self.fade_masks, (cfg.iters - step + 1) / (cfg.iters - step + 2))  # their
+                # value over the K fading steps (gradients aside); stage_train zeroes them after the last step
             loss, logs = self.task_loss(net, model, images, labels, clean=step <= warmup)
             if cfg.prunes and cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None,
