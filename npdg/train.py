@@ -198,11 +198,13 @@ class Recipe:
         def loss_fn(net, step, images, labels):
             if cfg.method == "npdg" and (self.weights is None or (step - 1) % cfg.sens_every == 0):
                 self.refresh_sensitivity(model, images)
-            if step > fade_from:  # prune_fade: the units the prune will remove, chosen at the first fading step,
-                if self.fade_masks is None:  # shrink by k/(k+1) each step (k = iters - step + 1), i.e. linearly
-                    self.fade_masks = choose_masks(self.ctx, model, self.last_sensitivity)  # to 1/(K+1) of
-                scale_masked_(model, self.fade_masks, (cfg.iters - step + 1) / (cfg.iters - step + 2))  # their
-                # value over the K fading steps (gradients aside); stage_train zeroes them after the last step
+            # prune_fade: the units the prune will remove, chosen at the first fading step, shrink by k/(k+1)
+            # each step (k = iters - step + 1): linearly to 1/(K+1) of their value over the K fading steps
+            # (gradients aside); stage_train zeroes them after the last step
+            if step > fade_from:
+                if self.fade_masks is None:
+                    self.fade_masks = choose_masks(self.ctx, model, self.last_sensitivity)
+                scale_masked_(model, self.fade_masks, (cfg.iters - step + 1) / (cfg.iters - step + 2))
             loss, logs = self.task_loss(net, model, images, labels, clean=step <= warmup)
             if cfg.prunes and cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.weights if cfg.method == "npdg" else None,
