@@ -3,6 +3,7 @@ so the prune cuts units that are already 0."""
 
 import pytest
 import torch
+from helpers import stream_groups
 
 from npdg.config import ConfigError, load_config
 from npdg.loop import Context
@@ -10,8 +11,6 @@ from npdg.models import create_model
 from npdg.models.units import CoupledGroup
 from npdg.pruning import apply_masks, compact, scale_masked_, select_masks
 from npdg.train import Recipe
-
-from helpers import stream_groups
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

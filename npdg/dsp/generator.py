@@ -384,8 +384,9 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
     running stats untouched, see ``npdg.dsp.perturb.frozen_bn_stats``; with a single restyled image one
     clean partner rides along, as BN needs >= 2 samples), then ``loss_fn`` (default cross-entropy, 255
     ignored) runs on the whole batch (``restyled_weight`` > 0: the clean images' mean + restyled_weight x the
-    restyled images' mean instead of one mean over both, see FeatureDSP). The generator stays frozen: the restyled images are made without a
-    graph. Returns (loss, logs) with logs = {"clean", "perturbed" (float, per part), "num_perturbed"}.
+    restyled images' mean instead of one mean over both, see FeatureDSP). The generator stays frozen: the
+    restyled images are made without a graph. Returns (loss, logs) with logs = {"clean", "perturbed" (float,
+    per part), "num_perturbed"}.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
