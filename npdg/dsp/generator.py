@@ -40,7 +40,7 @@ from npdg import ops
 from npdg.data.transforms import MEAN, STD
 from npdg.dsp.adversarial import ascend
 from npdg.dsp.dvae import DVAE
-from npdg.dsp.perturb import cross_entropy, frozen_bn_stats
+from npdg.dsp.perturb import cross_entropy, frozen_bn_stats, restyled_task_loss
 from npdg.reference import style_stats
 
 FORMAT = "npdg-style-generator/1"
@@ -411,12 +411,9 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
         if copy:
             labels, n = torch.cat([labels[:k], labels]), n + k
     logits = net(images)
-    if restyled_weight > 0 and 0 < k < n:
-        loss = loss_fn(logits[k:], labels[k:]) + restyled_weight * loss_fn(logits[:k], labels[:k])
-    else:
-        loss = loss_fn(logits, labels)
-    with torch.no_grad():
-        logs = {"num_perturbed": k,
-                "perturbed": loss_fn(logits[:k], labels[:k]).item() if k else float("nan"),
-                "clean": loss_fn(logits[k:], labels[k:]).item() if k < n else float("nan")}
+    loss, split = restyled_task_loss(loss_fn, logits, labels, k, restyled_weight)
+    # an unmixed batch is all restyled (k = n) or all clean (k = 0): the loss is that part
+    perturbed, clean = split if split is not None else (loss.detach(), None) if k else (None, loss.detach())
+    logs = {"num_perturbed": k, "perturbed": perturbed.item() if k else float("nan"),
+            "clean": clean.item() if k < n else float("nan")}
     return loss, logs

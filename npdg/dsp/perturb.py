@@ -93,6 +93,23 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def restyled_task_loss(loss_fn, logits: torch.Tensor, labels: torch.Tensor, n: int, weight: float
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The segmentation loss of a batch whose first ``n`` samples are restyled, and its two parts.
+
+    ``weight`` > 0: the clean samples' mean + weight x the restyled samples' mean; 0: one mean over the whole
+    batch (the paper's). Returns (loss, (restyled part, clean part) detached, or None when the batch is not a
+    mix of both); the weighted loss reuses its parts, the pooled one measures them without a graph."""
+    if not 0 < n < logits.shape[0]:
+        return loss_fn(logits, labels), None
+    if weight > 0:
+        restyled, clean = loss_fn(logits[:n], labels[:n]), loss_fn(logits[n:], labels[n:])
+        return clean + weight * restyled, (restyled.detach(), clean.detach())
+    loss = loss_fn(logits, labels)
+    with torch.no_grad():
+        return loss, (loss_fn(logits[:n], labels[:n]), loss_fn(logits[n:], labels[n:]))
+
+
 @contextmanager
 def split_bn_stats(model: nn.Module, n: int) -> Iterator[None]:
     """Training BatchNorm layers normalise the first ``n`` samples (the restyled ones) with their own batch
@@ -334,15 +351,10 @@ class FeatureDSP(nn.Module):
         with perturbation(model, hook), split_bn_stats(model, n) if self.split_bn else nullcontext(), \
                 autocast or nullcontext():
             logits = net(images)
-        if self.restyled_weight > 0 and 0 < n < n_total:
-            task = loss_fn(logits[n:], labels[n:]) + self.restyled_weight * loss_fn(logits[:n], labels[:n])
-        else:
-            task = loss_fn(logits, labels)
+        task, split = restyled_task_loss(loss_fn, logits, labels, n, self.restyled_weight)
         dvae_loss, parts = dvae_out["loss"]
-        with torch.no_grad():
-            if 0 < n < n_total:
-                logs["dsp_pert"] = loss_fn(logits[:n], labels[:n])
-                logs["dsp_clean"] = loss_fn(logits[n:], labels[n:])
+        if split is not None:
+            logs["dsp_pert"], logs["dsp_clean"] = split
         logs.update(dsp_task=task.detach(), dsp_recon=parts["recon"], dsp_kl=parts["kl"])
         values = torch.stack([v.float().reshape(()) for v in logs.values()]).tolist()
         return task + dvae_loss, dict(zip(logs, values, strict=True))
