@@ -3,7 +3,7 @@ so the prune cuts units that are already 0."""
 
 import pytest
 import torch
-from helpers import stream_groups
+from helpers import random_scores, stream_groups
 
 from npdg.config import ConfigError, load_config
 from npdg.loop import Context
@@ -15,17 +15,11 @@ from npdg.train import Recipe
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
-def _some_masks(model, residual=False):
-    return select_masks(model, ratio=0.3, round_to=1, prune_residual=residual,
-                        scores={g.name: torch.rand(g.size, generator=torch.Generator().manual_seed(i))
-                                for i, g in enumerate(model.prunable_units(residual=residual))})
-
-
 @pytest.mark.parametrize("name", ["deeplabv3plus_r18", "segformer_b0"])
 def test_scale_masked_scales_exactly_what_masking_zeroes(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
-    masks = _some_masks(model, residual=True)
+    masks = select_masks(model, ratio=0.3, round_to=1, prune_residual=True, scores=random_scores(model, True))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     zeroed = apply_masks(model, masks).state_dict()
     scale_masked_(model, masks, 0.25)

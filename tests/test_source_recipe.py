@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from npdg.config import ConfigError, load_config
+from npdg.config import ConfigError, available_presets, load_config
 from npdg.dsp.perturb import FeatureDSP, cross_entropy
 from npdg.models import create_model
 from npdg.pruning import select_masks
@@ -169,8 +169,7 @@ PAPER_RECIPE = {"dsp_copy": False, "sens_scale": "output", "prune_sens": 0.0, "l
                 "dsp_weight": 0.0, "dsp_split_bn": False, "prune_fade": 0.0}
 
 
-@pytest.mark.parametrize("preset", ["gta5_cityscapes_r50", "gta5_cityscapes_r101", "gta5_cityscapes_vgg16",
-                                    "gta5_cityscapes_mitb5"])
+@pytest.mark.parametrize("preset", [p for p in available_presets() if p.startswith("gta5_")])
 def test_paper_presets_state_the_paper_recipe(preset):
     import yaml
 
