@@ -83,6 +83,9 @@ class Config:
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 60 for npdg (DSP steps cost 1.6x; its prune costs <= 1.4 source)
     finetune_lr: float = 0.0  # 0 = lr
+    finetune_kd: float = 0.0  # slimming / npdg: the fine-tune adds finetune_kd x the per-pixel KL divergence of
+    #   the pruned model's predictions on the clean images from the dense model's (dense.pt, frozen, eval mode;
+    #   temperature 1); 0 = off (the paper's: labels only)
     lr_schedule: str = "stage"  # stage: each stage its own poly decay from its lr to 0 (the paper's fine-tune
     #   restarts at lr); run: one poly decay over train + fine-tune steps, the fine-tune continuing where the
     #   train stage stopped (what a method without a prune gets over the same budget)
@@ -205,6 +208,7 @@ class Config:
         _check_range(self, "prune_sens", 0, None)
         _check_range(self, "dsp_weight", 0, None)
         _check_range(self, "prune_fade", 0, 1, high_open=True)
+        _check_range(self, "finetune_kd", 0, None)
         if self.dsp_split_bn and self.dsp_level != "feature":
             raise ConfigError("dsp_split_bn: feature-level DSP only (dsp_level=feature)")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):

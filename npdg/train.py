@@ -39,9 +39,9 @@ import torch  # noqa: E402
 import npdg
 from npdg import checkpoint, cli
 from npdg.config import Config, load_config
-from npdg.dsp.perturb import cross_entropy  # the one segmentation loss (ignore index 255), DSP's default too
+from npdg.dsp.perturb import cross_entropy, distill_kl  # the one segmentation loss (ignore index 255), DSP's
 from npdg.loop import Context, announce_amp, fit, poly
-from npdg.serialization import model_from_payload, model_payload, save_model
+from npdg.serialization import load_model, model_from_payload, model_payload, save_model
 
 STAGES = {
     "erm": ("train", "evaluate"),
@@ -117,6 +117,7 @@ class Recipe:
         self.last_sensitivity = None  # the Sensitivity behind self.weights (saved with dense.pt)
         self.sens_dsp = None  # image level: the feature-level D-VAE that makes sensitivity's styles
         self.fade_masks = None  # prune_fade: the keep-masks chosen when the fade began (the prune then uses them)
+        self.teacher = None  # finetune_kd: the dense model (frozen, eval mode) the pruned one distils from
         announce_amp(ctx)  # (once per run: the run builds one Recipe)
         if self.cfg.uses_dsp:
             self.attach_dsp(model)
@@ -216,7 +217,33 @@ class Recipe:
         return loss_fn
 
     def plain_loss_fn(self, model):
-        return lambda net, step, images, labels: self.task_loss(net, model, images, labels)
+        """The fine-tune's loss: the task loss, + finetune_kd x KL(dense teacher || model) on the clean images
+        when a teacher is set (the training forward's clean rows are its last ones: restyled samples come
+        first, as copies or, without dsp_copy, in place of the first ceil(dsp_p * batch) images)."""
+        if self.teacher is None:
+            return lambda net, step, images, labels: self.task_loss(net, model, images, labels)
+        import math
+
+        cfg = self.cfg
+
+        def loss_fn(net, step, images, labels):
+            last = []
+
+            def forward(x):  # the training forward is the last call (image-level DSP ascends through net first)
+                last[:] = [net(x)]
+                return last[0]
+
+            loss, logs = self.task_loss(forward, model, images, labels)
+            replaced = 0 if self.dsp is None or cfg.dsp_copy else min(len(images), math.ceil(cfg.dsp_p * len(images)))
+            if replaced < len(images):
+                with torch.no_grad():
+                    target = self.teacher(images[replaced:])
+                kd = distill_kl(last[0][len(last[0]) - len(target):], target)
+                loss = loss + cfg.finetune_kd * kd
+                logs = {**logs, "kd": kd.item()}
+            return loss, logs
+
+        return loss_fn
 
     def state(self) -> dict | None:
         out = {}
@@ -346,6 +373,10 @@ class Run:
         masks = recipe.fade_masks if recipe.fade_masks is not None else choose_masks(ctx, model, sens)
         if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
             self.ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, masks)
+        if cfg.finetune_kd > 0:  # the dense model, as dense.pt holds it (every rank has the same one)
+            import copy
+
+            recipe.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         small = compact(model, masks)
         if recipe.dsp is not None and cfg.dsp_level == "feature" and small.style_channels != model.style_channels:
             recipe.attach_dsp(small)  # the perturbed layer itself was pruned (VGG): a fresh D-VAE
@@ -391,6 +422,8 @@ class Run:
         recipe = Recipe(ctx, model)
         if state is not None:
             recipe.load_state(state)
+            if start_stage == "finetune" and cfg.prunes and cfg.finetune_kd > 0:  # the teacher: dense.pt
+                recipe.teacher = load_model(self.dir / "dense.pt").to(ctx.device).eval().requires_grad_(False)
             checkpoint.set_rng_state(state["rng"])  # last: building the above must not shift it
         else:  # a run is resumable from its first second on: a kill before the first step loses nothing
             self.save_state("train", 0, model, recipe=recipe)

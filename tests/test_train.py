@@ -87,11 +87,14 @@ class _Interrupt(BaseException):
     pass
 
 
-@pytest.mark.parametrize("where", ["between_stages", "inside_finetune", "inside_train", "inside_fade"])
+@pytest.mark.parametrize("where", ["between_stages", "inside_finetune", "inside_train", "inside_fade",
+                                   "inside_finetune_kd"])
 def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     args = TINY + ["--method=slimming", "--ratio=0.5", "--round_to=4", "--iters=6", "--finetune_iters=4"]
     if where == "inside_fade":  # steps 4-6 fade the units chosen at step 4; cut at step 5 (checkpoint: step 4)
         args += ["--prune_fade=0.5"]
+    if where == "inside_finetune_kd":  # the resumed fine-tune distils from dense.pt again
+        args += ["--finetune_kd=1"]
     main(args + ["--out", str(tmp_path / "whole")])
 
     import npdg.loop
@@ -104,7 +107,7 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
 
         monkeypatch.setattr(npdg.train.Run, "stage_prune", stage_prune)
     else:
-        stage = "finetune" if where == "inside_finetune" else "train"
+        stage = "finetune" if where.startswith("inside_finetune") else "train"
         cut_at = 5 if where == "inside_fade" else 3
         original_fit = npdg.loop.fit
 
@@ -122,7 +125,7 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     monkeypatch.undo()
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     expected = {"between_stages": ("prune", 0), "inside_finetune": ("finetune", 2), "inside_train": ("train", 2),
-                "inside_fade": ("train", 4)}
+                "inside_fade": ("train", 4), "inside_finetune_kd": ("finetune", 2)}
     assert (state["stage"], state["step"]) == expected[where]
     assert ("fade_masks" in state) == (where == "inside_fade")
     main(["--resume", str(tmp_path / "cut")])
@@ -218,10 +221,10 @@ def test_presets_load_and_validate(name):
         assert cfg.model in available_models()
 
 
-@pytest.mark.parametrize("extra", [[], ["--prune_fade=0.5"]], ids=["cut", "fade"])
+@pytest.mark.parametrize("extra", [[], ["--prune_fade=0.5", "--finetune_kd=1"]], ids=["cut", "fade_kd"])
 def test_ddp_two_cpu_processes_slimming(tmp_path, extra):
     """torchrun --nproc_per_node=2 on CPU (gloo) through every slimming stage (fade: rank 0 chooses the fading
-    units inside a training step and broadcasts them)."""
+    units inside a training step and broadcasts them; kd: every rank distils from its copy of the dense model)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "npdg.train",

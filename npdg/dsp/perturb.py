@@ -66,6 +66,13 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
 
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of KL(softmax(teacher) || softmax(student)) over the class dim 1, in fp32."""
+    with torch.autocast(student.device.type, enabled=False):
+        return F.kl_div(student.float().log_softmax(1), teacher.float().log_softmax(1), reduction="none",
+                        log_target=True).sum(1).mean()
+
+
 @contextmanager
 def perturbation(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Within the block, ``model.style_layer``'s output x is replaced by ``fn(x)``."""
