@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import npdg
 from npdg import checkpoint, cli
 from npdg.config import Config, load_config
-from npdg.dsp.perturb import cross_entropy, distill_kl  # the one segmentation loss (ignore index 255), DSP's
+from npdg.dsp.perturb import cross_entropy, distill_kl  # the one segmentation loss (ignore 255); finetune_kd's KL
 from npdg.loop import Context, announce_amp, fit, poly
 from npdg.serialization import load_model, model_from_payload, model_payload, save_model
 
