@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import npdg
 from npdg import checkpoint, cli
 from npdg.config import Config, load_config
-from npdg.dsp.perturb import cross_entropy, distill_kl  # the one segmentation loss (ignore 255); finetune_kd's KL
+from npdg.dsp.perturb import cross_entropy, distill_kl, num_restyled  # the one segmentation loss (ignore 255)
 from npdg.loop import Context, announce_amp, fit, poly
 from npdg.serialization import load_model, model_from_payload, model_payload, save_model
 
@@ -216,14 +216,16 @@ class Recipe:
 
         return loss_fn
 
+    def set_teacher(self, dense) -> None:
+        """finetune_kd: the fine-tune distils from ``dense`` (frozen, eval mode)."""
+        self.teacher = dense.eval().requires_grad_(False)
+
     def plain_loss_fn(self, model):
         """The fine-tune's loss: the task loss, + finetune_kd x KL(dense teacher || model) on the clean images
         when a teacher is set (the training forward's clean rows are its last ones: restyled samples come
         first, as copies or, without dsp_copy, in place of the first ceil(dsp_p * batch) images)."""
         if self.teacher is None:
             return lambda net, step, images, labels: self.task_loss(net, model, images, labels)
-        import math
-
         cfg = self.cfg
 
         def loss_fn(net, step, images, labels):
@@ -234,7 +236,7 @@ class Recipe:
                 return last[0]
 
             loss, logs = self.task_loss(forward, model, images, labels)
-            replaced = 0 if self.dsp is None or cfg.dsp_copy else min(len(images), math.ceil(cfg.dsp_p * len(images)))
+            replaced = 0 if self.dsp is None or cfg.dsp_copy else num_restyled(cfg.dsp_p, len(images))
             if replaced < len(images):
                 with torch.no_grad():
                     target = self.teacher(images[replaced:])
@@ -376,7 +378,7 @@ class Run:
         if cfg.finetune_kd > 0:  # the dense model, as dense.pt holds it (every rank has the same one)
             import copy
 
-            recipe.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            recipe.set_teacher(copy.deepcopy(model))
         small = compact(model, masks)
         if recipe.dsp is not None and cfg.dsp_level == "feature" and small.style_channels != model.style_channels:
             recipe.attach_dsp(small)  # the perturbed layer itself was pruned (VGG): a fresh D-VAE
@@ -423,7 +425,7 @@ class Run:
         if state is not None:
             recipe.load_state(state)
             if start_stage == "finetune" and cfg.prunes and cfg.finetune_kd > 0:  # the teacher: dense.pt
-                recipe.teacher = load_model(self.dir / "dense.pt").to(ctx.device).eval().requires_grad_(False)
+                recipe.set_teacher(load_model(self.dir / "dense.pt").to(ctx.device))
             checkpoint.set_rng_state(state["rng"])  # last: building the above must not shift it
         else:  # a run is resumable from its first second on: a kill before the first step loses nothing
             self.save_state("train", 0, model, recipe=recipe)

@@ -40,7 +40,7 @@ from npdg import ops
 from npdg.data.transforms import MEAN, STD
 from npdg.dsp.adversarial import ascend
 from npdg.dsp.dvae import DVAE
-from npdg.dsp.perturb import cross_entropy, frozen_bn_stats, restyled_task_loss
+from npdg.dsp.perturb import cross_entropy, frozen_bn_stats, num_restyled, restyled_task_loss
 from npdg.reference import style_stats
 
 FORMAT = "npdg-style-generator/1"
@@ -391,7 +391,7 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     n = images.shape[0]
-    k = math.ceil(p * n)
+    k = num_restyled(p, n)
     if k:
         clean = images
         size = images.shape[-2:]

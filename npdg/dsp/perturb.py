@@ -100,6 +100,11 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def num_restyled(p: float, batch: int) -> int:
+    """How many of a batch's images DSP restyles (the first ones): ceil(p * batch), at most the batch."""
+    return min(batch, math.ceil(p * batch))
+
+
 def restyled_task_loss(loss_fn, logits: torch.Tensor, labels: torch.Tensor, n: int, weight: float
                        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """The segmentation loss of a batch whose first ``n`` samples are restyled, and its two parts.
@@ -325,7 +330,7 @@ class FeatureDSP(nn.Module):
         adv_gain = restyled loss after - before the ascent (on a frozen model; > 0 when the ascent works).
         """
         n_total = images.shape[0]
-        n = min(n_total, math.ceil((self.p if p is None else p) * n_total))
+        n = num_restyled(self.p if p is None else p, n_total)
         clean_from = 0  # the D-VAE learns the style statistics of f[clean_from:] (copies would count twice)
         if self.copy and n > 0:  # the whole clean batch stays; restyled copies of its first n go in front
             images, labels = torch.cat([images[:n], images]), torch.cat([labels[:n], labels])
