@@ -4,8 +4,9 @@
 #                                                 npdg_lam1 npdg_lam0 npdg_default (default: the table's twelve runs)
 # The table's dsp / npdg runs are the paper's recipe (restyled samples replace half the batch, one loss mean,
 # sensitivity from the γ-scaled outputs, |γ| prune), which was the default when they ran: they get those keys
-# explicitly. npdg_default is `python -m npdg.train --method npdg` as it is now (restyled copies weighted 0.5
-# beside the whole clean batch, scale-free sensitivity, prune_sens 1; see README "At equal budgets").
+# explicitly (and its schedule then: 200 train + 60 fine-tuning steps). npdg_default is `python -m npdg.train
+# --method npdg` as it is now (restyled copies weighted 0.5 beside the whole clean batch, scale-free sensitivity,
+# prune_sens 1, the early prune: 60 train + 200 fine-tuning steps; see README "At equal budgets").
 # About 10 minutes a run on 2 CPU cores; finished runs are skipped, an interrupted one is resumed.
 # Each run's metrics.json is copied to benches/results/dg/RUN.json; the table (with seed means) is printed at the end,
 # then the paired comparison npdg - erm over their shared seeds (python -m npdg.compare).
@@ -30,7 +31,7 @@ for run in "${runs[@]}"; do
     method=${run%-s*}
     seed=${run##*-s}
     extra=(${budget:+--budget="$budget"})
-    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0 --dsp_weight=0)
+    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0 --dsp_weight=0 --iters=200 --finetune_iters=60)
     case $method in
         dsp) extra+=("${paper[@]}") ;;
         npdg) extra+=("${paper[@]}") ;;

@@ -166,8 +166,9 @@ def test_budget_resolves_the_train_stage():
     assert load_config(overrides=["--method=erm", "--budget=260"]).iters == 260  # no prune: all steps train
     assert load_config(overrides=["--method=dsp", "--budget=260", "--iters=50"]).iters == 260
     cfg = load_config(overrides=["--method=npdg", "--budget=260"])
-    assert (cfg.iters, cfg.finetune_iters) == (200, 60)
-    assert cfg.validate().iters == 200  # idempotent: a resumed run re-validates its saved config
+    assert (cfg.iters, cfg.finetune_iters) == (60, 200)
+    assert cfg.validate().iters == 60  # idempotent: a resumed run re-validates its saved config
+    assert load_config(overrides=["--method=npdg", "--budget=780", "--finetune_iters=600"]).iters == 180
     assert load_config(overrides=["--method=slimming", "--budget=350"]).iters == 200
     assert load_config(overrides=["--method=npdg", "--iters=7"]).iters == 7  # budget 0: today's behaviour
 

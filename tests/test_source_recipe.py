@@ -88,12 +88,12 @@ def test_lr_schedule_run_is_one_decay_over_the_budget(method):
     if method == "erm":  # nothing to continue: the train stage is the budget
         assert [lr_factor(cfg, "train")(k) for k in (0, 100, 259)] == [whole(k) for k in (0, 100, 259)]
         return
-    assert (cfg.iters, cfg.finetune_iters) == (200, 60)
+    assert (cfg.iters, cfg.finetune_iters) == (60, 200)
     train, ft = lr_factor(cfg, "train"), lr_factor(cfg, "finetune")
-    assert [train(k) for k in range(200)] + [ft(k) for k in range(61)] == [whole(k) for k in range(261)]
-    assert ft(60) == 0.0 and 0.25 < ft(0) < 0.3  # (60/260)^0.9: continues, no restart at lr
+    assert [train(k) for k in range(60)] + [ft(k) for k in range(201)] == [whole(k) for k in range(261)]
+    assert ft(200) == 0.0 and 0.78 < ft(0) < 0.8  # (200/260)^0.9: continues, no restart at lr
     stage = load_config(None, [f"--method={method}", "--budget=260"])  # default: each stage decays on its own
-    assert lr_factor(stage, "finetune")(0) == 1.0 and lr_factor(stage, "train")(200) == 0.0
+    assert lr_factor(stage, "finetune")(0) == 1.0 and lr_factor(stage, "train")(60) == 0.0
 
 
 def test_lr_schedule_run_end_to_end(tmp_path):

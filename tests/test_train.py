@@ -204,7 +204,11 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
 
 def test_finetune_iters_default_per_method():
     assert load_config(overrides=["--method=slimming"]).finetune_iters == 150
-    assert load_config(overrides=["--method=npdg"]).finetune_iters == 60
+    npdg = load_config(overrides=["--method=npdg"])
+    assert (npdg.iters, npdg.finetune_iters) == (60, 200)  # prunes early: the compact network trains with DSP
+    assert load_config(overrides=["--method=npdg", "--iters=7"]).iters == 7
+    for method in ("erm", "dsp", "slimming"):
+        assert load_config(overrides=[f"--method={method}"]).iters == 200
     assert load_config(overrides=["--method=slimming", "--finetune_iters=7"]).finetune_iters == 7
     assert load_config(overrides=["--preset=quick", "--method=slimming"]).finetune_iters == 20
 
