@@ -71,6 +71,9 @@ class Config:
     sparsity: float = 1e-2  # s: the loss adds s * sum_i w_i |gamma_i| (w = 1 for slimming)
     ratio: float = 0.3  # fraction of units removed per kind (the paper: 20-40 % best)
     threshold: float = 0.0  # > 0: remove units with importance < threshold instead of a ratio
+    flops_target: float = 0.0  # > 0: instead of ratio, the smallest ratio (bisection, to 1e-3) whose compact model
+    #   has at most this fraction of the dense model's FLOPs (counted like the report: eval_size on the embedded
+    #   benchmark, else crop); the chosen ratio is printed and recorded (metrics.json final.prune_ratio); 0 = ratio
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
     exact_ratio: bool = False  # ratio = the fraction of units actually removed per kind (whole round_to steps
@@ -157,6 +160,9 @@ class Config:
         for name in ("sparsity", "threshold", "finetune_lr", "dsp_beta", "adv_step_size", "eps_scale"):
             _check_range(self, name, 0, None)
         _check_range(self, "ratio", 0, 1, high_open=True)
+        _check_range(self, "flops_target", 0, 1, high_open=True)
+        if self.flops_target > 0 and self.threshold > 0:
+            raise ConfigError("flops_target and threshold each choose what the prune removes: give one")
         _check_range(self, "lam", 0, 1)
         _check_range(self, "dsp_p", 0, 1)
         _check_range(self, "dsp_warmup", 0, 1)

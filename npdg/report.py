@@ -84,6 +84,8 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     metrics["unseen_mean"] = {k: unseen_mean(metrics[k], cfg) for k in ("dense", "final")}
     if ctx.history.get("sensitivity_pruned_vs_kept"):
         metrics["final"]["sensitivity_pruned_vs_kept"] = ctx.history["sensitivity_pruned_vs_kept"]
+    if "prune_ratio" in ctx.history:  # flops_target: the ratio the bisection chose
+        metrics["final"]["prune_ratio"] = ctx.history["prune_ratio"]
     metrics["steps"] = stage_steps(cfg, ctx.history)
     metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
     metrics["config"] = cfg.to_dict()

@@ -291,11 +291,18 @@ def choose_masks(ctx: Context, model, sens) -> dict:
     groups = [(g.name, g.size) for g in model.prunable_units(residual=cfg.prune_residual)]
     flat = torch.zeros(sum(size for _, size in groups), dtype=torch.uint8, device=ctx.device)
     if ctx.main:
-        chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
-                              threshold=cfg.threshold if cfg.threshold > 0 else None,
-                              round_to=cfg.round_to, min_keep=cfg.min_keep,
-                              scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual),
-                              prune_residual=cfg.prune_residual, exact_ratio=cfg.exact_ratio)
+        rules = dict(round_to=cfg.round_to, min_keep=cfg.min_keep, prune_residual=cfg.prune_residual,
+                     scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual), exact_ratio=cfg.exact_ratio)
+        if cfg.flops_target > 0:
+            from npdg.pruning import select_masks_for_flops
+            from npdg.report import flops_size
+
+            chosen, ratio = select_masks_for_flops(model, cfg.flops_target, flops_size(cfg), **rules)
+            ctx.history["prune_ratio"] = ratio
+            print(f"prune: ratio {ratio:.4f} meets flops_target {cfg.flops_target}", file=sys.stderr)
+        else:
+            chosen = select_masks(model, ratio=None if cfg.threshold > 0 else cfg.ratio,
+                                  threshold=cfg.threshold if cfg.threshold > 0 else None, **rules)
         flat.copy_(torch.cat([chosen[name].reshape(-1).to(torch.uint8).cpu() for name, _ in groups]))
     if ctx.world > 1:
         torch.distributed.broadcast(flat, src=0)

@@ -14,7 +14,7 @@ architecture.
 from npdg.pruning.compact import compact
 from npdg.pruning.flops import flops, params
 from npdg.pruning.masks import PruningError, apply_masks, kept_widths_summary, scale_masked_, validate_masks
-from npdg.pruning.select import select_masks
+from npdg.pruning.select import select_masks, select_masks_for_flops
 from npdg.pruning.sparsity import l1_penalty, unit_importance
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "params",
     "scale_masked_",
     "select_masks",
+    "select_masks_for_flops",
     "unit_importance",
     "validate_masks",
 ]

@@ -150,3 +150,39 @@ def select_masks(
             keep[torch.argsort(scores[n], descending=True, stable=True)[:kept[n]]] = True
             masks[n] = keep.to(g.gamma().device)
     return masks
+
+
+def select_masks_for_flops(model: nn.Module, target: float, size: tuple[int, int], tol: float = 1e-3,
+                           **kwargs) -> tuple[dict[str, torch.Tensor], float]:
+    """(masks, ratio): :func:`select_masks` at the smallest ratio (to within ``tol``) whose compacted model
+    costs at most ``target`` x the dense model's FLOPs on a ``size`` input; ``kwargs`` go to select_masks
+    (anything but ratio / threshold). Per kind the removed set only grows with the ratio (one ranking, a
+    count that rises), so the FLOPs only fall: a bisection, each probe a compaction and one counted forward.
+    Raises :class:`PruningError` when even the largest ratio keeps more than the target."""
+    from npdg.pruning.compact import compact
+    from npdg.pruning.flops import flops
+
+    if not 0 < target < 1:
+        raise PruningError(f"target must be in (0, 1), got {target}")
+    if "ratio" in kwargs or "threshold" in kwargs:
+        raise PruningError("select_masks_for_flops chooses the ratio itself (no ratio= / threshold=)")
+    budget = target * flops(model, size)
+
+    def probe(ratio):
+        masks = select_masks(model, ratio=ratio, **kwargs)
+        return masks, flops(compact(model, masks), size)
+
+    hi = 1 - 1e-9
+    masks, cost = probe(hi)
+    if cost > budget:
+        raise PruningError(f"a FLOPs target of {target:.1%} is out of reach: removing every unit the group "
+                           f"minimums allow leaves {cost / (budget / target):.1%} of the dense FLOPs")
+    lo = 0.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        mid_masks, mid_cost = probe(mid)
+        if mid_cost <= budget:
+            hi, masks = mid, mid_masks
+        else:
+            lo = mid
+    return masks, hi
