@@ -151,7 +151,8 @@ def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
         frac = [widths[n] / sizes[n] for n in names]
         fig, ax = plt.subplots(figsize=(max(6.4, 0.12 * len(names)), 3.4), dpi=110)
         ax.bar(range(len(names)), frac, color="tab:blue")
-        ax.axhline(1 - cfg.ratio, color="k", lw=0.8, ls="--", label=f"1 - ratio = {1 - cfg.ratio:.2f}")
+        ratio = metrics["final"].get("prune_ratio", cfg.ratio)  # flops_target: the ratio its bisection chose
+        ax.axhline(1 - ratio, color="k", lw=0.8, ls="--", label=f"1 - ratio = {1 - ratio:.2f}")
         ax.set(ylim=(0, 1.05), ylabel="kept fraction", title="kept units per layer (input → output order)")
         if len(names) <= 80:  # readable labels: the group name without the ".bn" / ".gate" tail
             ax.set_xticks(range(len(names)), [n.rsplit(".", 1)[0] for n in names], rotation=90, fontsize=6)
@@ -176,10 +177,14 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
     rates = history.get("images_per_s", {})
     steps = metrics.get("steps") or stage_steps(cfg, history)
     budget = f" (budget {cfg.budget} steps in all)" if cfg.budget else ""
+    prune = ""
+    if cfg.prunes:
+        target = f", chosen for flops_target {cfg.flops_target}" if cfg.flops_target > 0 else ""
+        prune = (f"; prune ratio {metrics['final'].get('prune_ratio', cfg.ratio):.4g}{target} (round_to "
+                 f"{cfg.round_to}), {steps['finetune']} fine-tuning iterations")
     lines = [f"# {cfg.method} · {cfg.model}", "",
              f"Source {cfg.source}; {steps['train']} training iterations, batch {cfg.batch_size}, crop "
-             f"{cfg.crop[0]}x{cfg.crop[1]}" + (f"; prune ratio {cfg.ratio} (round_to {cfg.round_to}), "
-                                                f"{steps['finetune']} fine-tuning iterations" if cfg.prunes else "")
+             f"{cfg.crop[0]}x{cfg.crop[1]}" + prune
              + f"{budget}. mIoU in percent; FLOPs at {'x'.join(map(str, flops_size(cfg)))}, batch 1.", "",
              *table_lines(cfg, metrics), ""]
     if cfg.prunes:

@@ -50,6 +50,21 @@ def test_config_range(args, message):
         load_config(overrides=args)
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["--method=npdg"], (0.6, 0.3)),  # npdg's default: a FLOPs target
+    (["--method=npdg", "--ratio=0.4"], (0.0, 0.4)),  # a given ratio chooses the prune
+    (["--method=npdg", "--threshold=0.1"], (0.0, 0.3)),
+    (["--method=npdg", "--flops_target=0.5"], (0.5, 0.3)),
+    (["--method=npdg", "--flops_target=0"], (0.0, 0.3)),
+    (["--method=slimming"], (0.0, 0.3)),
+    (["--preset=gta5_cityscapes_r50"], (0.0, 0.3)),  # the paper prunes a ratio
+])
+def test_default_resolution(args, expected):
+    cfg = load_config(overrides=args)
+    assert (cfg.flops_target, cfg.ratio) == expected
+    assert (cfg.validate().flops_target, cfg.ratio) == expected  # idempotent: a resumed run re-validates
+
+
 def test_run_meets_the_target_and_records_the_ratio(tmp_path, one_intra_op_thread):
     from test_train import TINY
 

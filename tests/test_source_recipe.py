@@ -166,7 +166,8 @@ def test_dsp_split_bn_and_weight_in_the_training_loss():
 # the paper's value of every recipe key issue 16 added or changed; a paper preset states each one, so a change
 # of the embedded run's defaults never changes what the paper path runs
 PAPER_RECIPE = {"dsp_copy": False, "sens_scale": "output", "prune_sens": 0.0, "lr_schedule": "stage",
-                "dsp_weight": 0.0, "dsp_split_bn": False, "prune_fade": 0.0, "finetune_kd": 0.0}
+                "dsp_weight": 0.0, "dsp_split_bn": False, "prune_fade": 0.0, "finetune_kd": 0.0,
+                "flops_target": 0.0}
 
 
 @pytest.mark.parametrize("preset", [p for p in available_presets() if p.startswith("gta5_")])
