@@ -82,10 +82,10 @@ def test_prune_fade_run_prunes_the_faded_units_at_no_cost(tmp_path):
     assert sum(int((~m).sum()) for m in masks.values()) > 0
     for name, keep in masks.items():
         assert torch.all(groups[name].gamma()[~keep] == 0)
-    small = compact(dense, masks).eval()
-    x = torch.randn(2, 3, 40, 72)
-    with torch.no_grad():
-        torch.testing.assert_close(small(x), dense(x), rtol=1e-4, atol=1e-4)  # the prune removed nothing alive
+    small = compact(dense, masks).eval().double()
+    x = torch.randn(2, 3, 40, 72, dtype=torch.float64)
+    with torch.no_grad():  # float64: only summation order differs, so the prune removed nothing alive
+        torch.testing.assert_close(small(x), dense.double()(x), rtol=1e-10, atol=1e-10)
     final = npdg.load_model(out / "final.pt")
     widths = {g.name: g.size for g in final.prunable_units()}
     assert widths == {n: int(m.sum()) for n, m in masks.items()}
