@@ -41,6 +41,7 @@ def _setup(name, method, device, quick, layout="contiguous"):
     batch, (h, w) = problem_size(device, quick)
     torch.manual_seed(0)
     cfg = Config(method=method, model=name, batch_size=batch, sens_batch=min(batch, 8), device=str(device))
+    cfg.validate()  # the method's defaults resolve (npdg: iters 60, flops_target 0.6)
     model = create_model(name, num_classes=19).to(device).train()
     ctx = Context(cfg, device)
     recipe = Recipe(ctx, model)
