@@ -30,6 +30,11 @@ def _evaluate(model, val_sets, cfg, device) -> dict:
             for spec, ds in val_sets.items()}
 
 
+def prune_ratio(cfg, metrics: dict) -> float:
+    """The unit ratio the prune removed: the one flops_target's bisection chose, else cfg.ratio."""
+    return metrics["final"].get("prune_ratio", cfg.ratio)
+
+
 def flops_size(cfg) -> tuple[int, int]:
     """The input size FLOPs are counted at: eval_size on the embedded benchmark, the training crop otherwise."""
     return tuple(cfg.eval_size) if cfg.source.startswith("synthetic:") else tuple(cfg.crop)
@@ -151,7 +156,7 @@ def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
         frac = [widths[n] / sizes[n] for n in names]
         fig, ax = plt.subplots(figsize=(max(6.4, 0.12 * len(names)), 3.4), dpi=110)
         ax.bar(range(len(names)), frac, color="tab:blue")
-        ratio = metrics["final"].get("prune_ratio", cfg.ratio)  # flops_target: the ratio its bisection chose
+        ratio = prune_ratio(cfg, metrics)
         ax.axhline(1 - ratio, color="k", lw=0.8, ls="--", label=f"1 - ratio = {1 - ratio:.2f}")
         ax.set(ylim=(0, 1.05), ylabel="kept fraction", title="kept units per layer (input → output order)")
         if len(names) <= 80:  # readable labels: the group name without the ".bn" / ".gate" tail
@@ -180,7 +185,7 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
     prune = ""
     if cfg.prunes:
         target = f", chosen for flops_target {cfg.flops_target}" if cfg.flops_target > 0 else ""
-        prune = (f"; prune ratio {metrics['final'].get('prune_ratio', cfg.ratio):.4g}{target} (round_to "
+        prune = (f"; prune ratio {prune_ratio(cfg, metrics):.4g}{target} (round_to "
                  f"{cfg.round_to}), {steps['finetune']} fine-tuning iterations")
     lines = [f"# {cfg.method} · {cfg.model}", "",
              f"Source {cfg.source}; {steps['train']} training iterations, batch {cfg.batch_size}, crop "

@@ -166,7 +166,8 @@ def select_masks_for_flops(model: nn.Module, target: float, size: tuple[int, int
         raise PruningError(f"target must be in (0, 1), got {target}")
     if "ratio" in kwargs or "threshold" in kwargs:
         raise PruningError("select_masks_for_flops chooses the ratio itself (no ratio= / threshold=)")
-    budget = target * flops(model, size)
+    dense = flops(model, size)
+    budget = target * dense
 
     def probe(ratio):
         masks = select_masks(model, ratio=ratio, **kwargs)
@@ -176,7 +177,7 @@ def select_masks_for_flops(model: nn.Module, target: float, size: tuple[int, int
     masks, cost = probe(hi)
     if cost > budget:
         raise PruningError(f"a FLOPs target of {target:.1%} is out of reach: removing every unit the group "
-                           f"minimums allow leaves {cost / (budget / target):.1%} of the dense FLOPs")
+                           f"minimums allow leaves {cost / dense:.1%} of the dense FLOPs")
     lo = 0.0
     while hi - lo > tol:
         mid = (lo + hi) / 2
