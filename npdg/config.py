@@ -113,6 +113,9 @@ class Config:
     #   mean, so the clean signal keeps ERM's weight (0.5: the restyled/clean ratio of the pooled mean with p=0.5
     #   copies); 0 = one mean over clean and restyled samples (the paper's). Default since issue 16: final source
     #   +1.69 [+0.96, +2.42] over pooled (5 seeds, equal budget, source val; dg_budget260/compare5-npdgW05-npdgB.md)
+    dsp_pixel: float = 0.0  # feature level: the restyled samples also get a random per-image RGB style at the input
+    #   (AdaIN of the normalised image: channel mean + dsp_pixel x N(0, 1), std x exp(dsp_pixel x N(0, 1))), a
+    #   second perturbation depth before the adversary's; 0 = none (the paper's)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -229,6 +232,9 @@ class Config:
         _check_range(self, "dsp_weight", 0, None)
         _check_range(self, "prune_fade", 0, 1, high_open=True)
         _check_range(self, "finetune_kd", 0, None)
+        _check_range(self, "dsp_pixel", 0, 5)
+        if self.dsp_pixel > 0 and self.dsp_level != "feature":
+            raise ConfigError("dsp_pixel: feature-level DSP only (dsp_level=feature)")
         if self.dsp_split_bn and self.dsp_level != "feature":
             raise ConfigError("dsp_split_bn: feature-level DSP only (dsp_level=feature)")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):

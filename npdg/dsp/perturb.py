@@ -147,6 +147,20 @@ def split_bn_stats(model: nn.Module, n: int) -> Iterator[None]:
             del m.forward  # back to the class's forward
 
 
+def pixel_restyle(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """A random RGB style per image: AdaIN of the (normalised) images (n, 3, H, W) to their own channel means
+    + strength x N(0, 1) and their channel stds x exp(strength x N(0, 1)); global RNG, no gradient. The
+    input-level perturbation depth of DSP (``dsp_pixel``): colour and contrast shifts that the feature-level
+    adversary, which moves statistics of one layer's channels, does not express one to one."""
+    if strength <= 0 or images.shape[0] == 0:
+        return images
+    with torch.no_grad():
+        stats = style_stats(images)
+        mean = stats[0] + strength * torch.randn_like(stats[0])
+        std = stats[1] * (strength * torch.randn_like(stats[1])).exp()
+        return ops.adain(images, mean.to(images.dtype), std.to(images.dtype), stats=stats)
+
+
 class FeatureDSP(nn.Module):
     """Adversarial AdaIN style perturbation at ``model.style_layer`` with an online-trained D-VAE.
 
@@ -157,23 +171,25 @@ class FeatureDSP(nn.Module):
     log_gain: also measure adv_gain exactly (one more no-grad forward of the perturbed samples);
     split_bn: the restyled samples get their own BatchNorm batch statistics (:func:`split_bn_stats`);
     restyled_weight: 0 = one loss mean over all samples, clean and restyled (the paper's); > 0 = the clean
-    samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight).
+    samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight);
+    pixel: the restyled samples' input images first get a random RGB style (:func:`pixel_restyle`, this strength).
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
                  adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
-                 copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0):
+                 copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"FeatureDSP: p must be in [0, 1], got {p}")
-        if adv_steps < 0 or adv_step_size < 0 or eps_scale < 0 or beta < 0 or restyled_weight < 0:
-            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta and restyled_weight must be >= 0")
+        if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel) < 0:
+            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight and pixel must "
+                             "be >= 0")
         self.dvae = DVAE(channels, latent, hidden)
         self.beta, self.p = beta, p
         self.copy = copy  # restyle COPIES of the first ceil(p*N) samples (batch N + ceil(p*N)); else replace them
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
-        self.split_bn, self.restyled_weight = split_bn, restyled_weight
+        self.split_bn, self.restyled_weight, self.pixel = split_bn, restyled_weight, pixel
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -335,6 +351,8 @@ class FeatureDSP(nn.Module):
         if self.copy and n > 0:  # the whole clean batch stays; restyled copies of its first n go in front
             images, labels = torch.cat([images[:n], images]), torch.cat([labels[:n], labels])
             n_total, clean_from = n_total + n, n
+        if n > 0 and self.pixel > 0:  # the restyled samples' inputs first (the adversary ascends from there)
+            images = torch.cat([pixel_restyle(images[:n], self.pixel), images[n:]])
         logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
         xi = torch.randn(n, self.dvae.latent, device=images.device)
         delta = None
