@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from npdg.config import ConfigError, available_presets, load_config
-from npdg.dsp.perturb import FeatureDSP, cross_entropy
+from npdg.dsp.perturb import FeatureDSP, cross_entropy, pixel_restyle
 from npdg.models import create_model
 from npdg.pruning import select_masks
 from npdg.sensitivity import Sensitivity, pruned_vs_kept
@@ -163,11 +163,49 @@ def test_dsp_split_bn_and_weight_in_the_training_loss():
         load_config(None, ["--dsp_split_bn", "--dsp_level=image"])
 
 
+def test_pixel_restyle_moves_each_images_channel_statistics_by_the_drawn_amounts():
+    images = torch.rand(3, 3, 16, 24, dtype=torch.float64) * 2 - 1
+    assert pixel_restyle(images, 0.0) is images
+    torch.manual_seed(7)
+    out = pixel_restyle(images, 0.5)
+    torch.manual_seed(7)  # the same draws, in the same order: mean offsets first, then log-std factors
+    shift, log_gain = 0.5 * torch.randn(3, 3, dtype=torch.float64), 0.5 * torch.randn(3, 3, dtype=torch.float64)
+    flat, new = images.flatten(2), out.flatten(2)
+    torch.testing.assert_close(new.mean(-1), flat.mean(-1) + shift)
+    torch.testing.assert_close(new.std(-1, unbiased=False), flat.std(-1, unbiased=False) * log_gain.exp(),
+                               rtol=1e-6, atol=1e-6)
+    # within each channel the image keeps its pattern (an affine map of it): correlation 1
+    centred = lambda t: t - t.mean(-1, keepdim=True)  # noqa: E731
+    corr = (centred(flat) * centred(new)).sum(-1) / (centred(flat).norm(dim=-1) * centred(new).norm(dim=-1))
+    torch.testing.assert_close(corr, torch.ones_like(corr))
+
+
+def test_dsp_pixel_restyles_only_the_restyled_copies_inputs():
+    torch.manual_seed(0)
+    model = create_model("deeplabv3plus_r18", num_classes=5)
+    images, labels = torch.randn(4, 3, 32, 64), torch.randint(0, 5, (4, 32, 64))
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    for pixel in (0.0, 0.5):
+        seen.clear()
+        dsp = FeatureDSP(model.style_channels, latent=8, hidden=16, p=0.5, adv_steps=1, copy=True, pixel=pixel)
+        dsp.task_loss(model, model, images, labels, cross_entropy)
+        ascent, train = seen  # the adversary's pass (the 2 restyled copies) and the training pass
+        assert train.shape[0] == 6 and torch.equal(train[2:], images)  # the clean batch is untouched
+        torch.testing.assert_close(ascent[:2], train[:2])  # the adversary ascends from the same inputs
+        moved = (train[:2] - images[:2]).abs().amax().item()
+        assert (moved > 0.1) if pixel else (moved == 0.0)
+    with pytest.raises(ConfigError, match="dsp_pixel"):
+        load_config(None, ["--dsp_pixel=-0.1"])
+    with pytest.raises(ConfigError, match="feature-level DSP only"):
+        load_config(None, ["--dsp_pixel=0.5", "--dsp_level=image"])
+
+
 # the paper's value of every recipe key issue 16 added or changed; a paper preset states each one, so a change
 # of the embedded run's defaults never changes what the paper path runs
 PAPER_RECIPE = {"dsp_copy": False, "sens_scale": "output", "prune_sens": 0.0, "lr_schedule": "stage",
                 "dsp_weight": 0.0, "dsp_split_bn": False, "prune_fade": 0.0, "finetune_kd": 0.0,
-                "flops_target": 0.0}
+                "flops_target": 0.0, "dsp_pixel": 0.0}
 
 
 @pytest.mark.parametrize("preset", [p for p in available_presets() if p.startswith("gta5_")])
