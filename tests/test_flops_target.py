@@ -56,7 +56,10 @@ def test_config_range(args, message):
     (["--method=npdg", "--threshold=0.1"], (0.0, 0.3)),
     (["--method=npdg", "--flops_target=0.5"], (0.5, 0.3)),
     (["--method=npdg", "--flops_target=0"], (0.0, 0.3)),
+    (["--method=npdg", "--model=segformer_b0"], (0.75, 0.3)),  # a MiT's default target: its FLOPs bound
+    (["--method=npdg", "--model=segformer_b0", "--ratio=0.3"], (0.0, 0.3)),
     (["--method=slimming"], (0.0, 0.3)),
+    (["--method=slimming", "--model=segformer_b0"], (0.0, 0.3)),
     (["--preset=gta5_cityscapes_r50"], (0.0, 0.3)),  # the paper prunes a ratio
 ])
 def test_default_resolution(args, expected):
