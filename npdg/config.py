@@ -141,8 +141,10 @@ class Config:
     sens_precision: str = "ieee"  # ieee | tf32 | tf32x3 (GPU kernel precision)
     sens_scale: str = "relative"  # sparsity weights from the γ-scaled outputs' variances (output, the paper's)
     #   or scale-free ones, relative to each unit's own variance (relative, the default); see npdg.sensitivity
-    prune_sens: float = 1.0  # npdg: the prune ranks importance / w_rel**prune_sens (w_rel: the last pass's
-    #   scale-free weights), so style-sensitive units go first; 0 = rank by importance alone (the paper's)
+    prune_sens: float = 2.0  # npdg: the prune ranks importance / w_rel**prune_sens (w_rel: the last pass's
+    #   scale-free weights), so style-sensitive units go first; 0 = rank by importance alone (the paper's).
+    #   2 since 2026-11-30 (was 1): five paired seeds on the early prune, source +0.04 [-0.79, +0.87], the
+    #   candidate of highest source among those passing a rule fixed beforehand (dg_budget260/compare5-npdgPs2-*)
 
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N
