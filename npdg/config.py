@@ -243,10 +243,9 @@ class Config:
         _check_range(self, "prune_fade", 0, 1, high_open=True)
         _check_range(self, "finetune_kd", 0, None)
         _check_range(self, "dsp_pixel", 0, 5)
-        if self.dsp_pixel > 0 and self.dsp_level != "feature":
-            raise ConfigError("dsp_pixel: feature-level DSP only (dsp_level=feature)")
-        if self.dsp_split_bn and self.dsp_level != "feature":
-            raise ConfigError("dsp_split_bn: feature-level DSP only (dsp_level=feature)")
+        for name in ("dsp_pixel", "dsp_split_bn"):  # options of FeatureDSP only
+            if getattr(self, name) and self.dsp_level != "feature":
+                raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self
