@@ -101,6 +101,10 @@ class Config:
     finetune_kd: float = 0.0  # slimming / npdg: the fine-tune adds finetune_kd x the per-pixel KL divergence of
     #   the pruned model's predictions on the clean images from the dense model's (dense.pt, frozen, eval mode;
     #   temperature 1); 0 = off (the paper's: labels only)
+    swa: float = 0.0  # > 0: the final model is the uniform average of the last training stage's iterates (the
+    #   fine-tune's for slimming / npdg, the train stage's otherwise) over its last swa fraction of steps:
+    #   parameters and BatchNorm running statistics alike (SWA; SWAD in domain generalisation); 0 = the last
+    #   iterate (the paper's)
     lr_schedule: str = "stage"  # stage: each stage its own poly decay from its lr to 0 (the paper's fine-tune
     #   restarts at lr); run: one poly decay over train + fine-tune steps, the fine-tune continuing where the
     #   train stage stopped (what a method without a prune gets over the same budget)
@@ -243,6 +247,7 @@ class Config:
         _check_range(self, "prune_fade", 0, 1, high_open=True)
         _check_range(self, "finetune_kd", 0, None)
         _check_range(self, "dsp_pixel", 0, 5)
+        _check_range(self, "swa", 0, 1)
         for name in ("dsp_pixel", "dsp_split_bn"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")

@@ -40,7 +40,7 @@ import npdg
 from npdg import checkpoint, cli
 from npdg.config import Config, load_config
 from npdg.dsp.perturb import cross_entropy, distill_kl, num_restyled  # the one segmentation loss (ignore 255)
-from npdg.loop import Context, announce_amp, fit, poly
+from npdg.loop import Context, IterateAverage, announce_amp, fit, poly
 from npdg.serialization import load_model, model_from_payload, model_payload, save_model
 
 STAGES = {
@@ -317,7 +317,8 @@ class Run:
     def __init__(self, cfg: Config, run_dir: Path, ctx: Context):
         self.cfg, self.dir, self.ctx = cfg, run_dir, ctx
 
-    def save_state(self, stage: str, step: int, model, opt=None, sched=None, recipe: Recipe | None = None):
+    def save_state(self, stage: str, step: int, model, opt=None, sched=None, recipe: Recipe | None = None,
+                   average=None):
         if not self.ctx.main:
             return
         checkpoint.save({
@@ -326,6 +327,7 @@ class Run:
             "optimizer": opt.state_dict() if opt is not None else None,
             "scheduler": sched.state_dict() if sched is not None else None,
             **(recipe.state() if recipe is not None else {}),
+            "average": average.state() if average is not None else None,
             "rng": checkpoint.rng_state(), "history": self.ctx.history,
         }, self.dir / checkpoint.STATE)
 
@@ -336,11 +338,16 @@ class Run:
         else:
             opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, stage))
+        # swa: the final model averages the last training stage's last swa x iters iterates
+        last_stage = stage == ("finetune" if cfg.prunes else "train")
+        average = IterateAverage.for_stage(iters, cfg.swa) if last_stage else None
         start = 0
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["scheduler"])
             start = resume["step"]
+            if average is not None and resume.get("average") is not None:
+                average.load_state(resume["average"], self.ctx.device)
         evaluate_fn = None
         if cfg.eval_every and self.ctx.main:  # source val mIoU every eval_every steps (rank 0; the others wait)
             from npdg.eval import evaluate
@@ -354,8 +361,11 @@ class Run:
 
         fit(self.ctx, stage, model, self.train_set, loss_fn, opt, sched, iters, start,
             extra_opts=recipe.extra_opts, sync_params=recipe.sync_params,
-            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, recipe),
-            evaluate_fn=evaluate_fn)
+            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, recipe, average),
+            evaluate_fn=evaluate_fn, average=average)
+        if average is not None:
+            average.apply(model)
+            self.ctx.history["averaged_iterates"] = {stage: average.count}
         self.ctx.history.setdefault("steps", {})[stage] = iters  # what ran (metrics.json "steps"; iters: see budget)
 
     def stage_train(self, model, recipe, resume):
