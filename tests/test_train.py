@@ -88,13 +88,15 @@ class _Interrupt(BaseException):
 
 
 @pytest.mark.parametrize("where", ["between_stages", "inside_finetune", "inside_train", "inside_fade",
-                                   "inside_finetune_kd"])
+                                   "inside_finetune_kd", "inside_finetune_swa"])
 def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     args = TINY + ["--method=slimming", "--ratio=0.5", "--round_to=4", "--iters=6", "--finetune_iters=4"]
     if where == "inside_fade":  # steps 4-6 fade the units chosen at step 4; cut at step 5 (checkpoint: step 4)
         args += ["--prune_fade=0.5"]
     if where == "inside_finetune_kd":  # the resumed fine-tune distils from dense.pt again
         args += ["--finetune_kd=1"]
+    if where == "inside_finetune_swa":  # fine-tune steps 2-4 averaged; the checkpoint at step 2 holds one iterate
+        args += ["--swa=0.75"]
     main(args + ["--out", str(tmp_path / "whole")])
 
     import npdg.loop
@@ -125,9 +127,11 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     monkeypatch.undo()
     state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     expected = {"between_stages": ("prune", 0), "inside_finetune": ("finetune", 2), "inside_train": ("train", 2),
-                "inside_fade": ("train", 4), "inside_finetune_kd": ("finetune", 2)}
+                "inside_fade": ("train", 4), "inside_finetune_kd": ("finetune", 2),
+                "inside_finetune_swa": ("finetune", 2)}
     assert (state["stage"], state["step"]) == expected[where]
     assert ("fade_masks" in state) == (where == "inside_fade")
+    assert (state["average"] or {}).get("count") == (1 if where == "inside_finetune_swa" else None)
     main(["--resume", str(tmp_path / "cut")])
 
     whole, cut = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "cut"))
