@@ -172,24 +172,27 @@ class FeatureDSP(nn.Module):
     split_bn: the restyled samples get their own BatchNorm batch statistics (:func:`split_bn_stats`);
     restyled_weight: 0 = one loss mean over all samples, clean and restyled (the paper's); > 0 = the clean
     samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight);
-    pixel: the restyled samples' input images first get a random RGB style (:func:`pixel_restyle`, this strength).
+    pixel: the restyled samples' input images first get a random RGB style (:func:`pixel_restyle`, this strength);
+    local: > 0 = each restyled sample mixes its adversarial style with a random one over space (:meth:`local_mix`,
+    a local x local grid); 0 = one style per sample (the paper's).
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
                  adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
-                 copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0):
+                 copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0,
+                 local: int = 0):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"FeatureDSP: p must be in [0, 1], got {p}")
-        if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel) < 0:
-            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight and pixel must "
-                             "be >= 0")
+        if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local) < 0:
+            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel and local "
+                             "must be >= 0")
         self.dvae = DVAE(channels, latent, hidden)
         self.beta, self.p = beta, p
         self.copy = copy  # restyle COPIES of the first ceil(p*N) samples (batch N + ceil(p*N)); else replace them
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
-        self.split_bn, self.restyled_weight, self.pixel = split_bn, restyled_weight, pixel
+        self.split_bn, self.restyled_weight, self.pixel, self.local = split_bn, restyled_weight, pixel, local
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -270,15 +273,25 @@ class FeatureDSP(nn.Module):
                 t = (t * spreads / moved(t).clamp_min(1e-12)).clamp(max=cap)
         return t
 
+    def random_draws(self, n: int, device, generator: torch.Generator | None = None):
+        """The noise of n random styles (:meth:`random_styles`): a posterior draw xi and a style direction v."""
+        rand_device = generator.device if generator is not None else device
+        xi = torch.randn(n, self.dvae.latent, generator=generator, device=rand_device).to(device)
+        v = torch.randn(n, 2 * self.dvae.channels, generator=generator, device=rand_device).to(device)
+        return xi, v
+
     def random_restyle(self, f: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """AdaIN of f (n, C, ...) to random D-VAE styles ``reach`` source spreads (linearised) away from a
         posterior draw: non-adversarial styles as far from the source as the training perturbations go
         (the sensitivity pass uses them)."""
-        n, latent, device = f.shape[0], self.dvae.latent, f.device
-        rand_device = generator.device if generator is not None else device
-        xi = torch.randn(n, latent, generator=generator, device=rand_device).to(device)
-        v = torch.randn(n, 2 * self.dvae.channels, generator=generator, device=rand_device).to(device)
         stats = style_stats(f.detach())
+        styles = self.random_styles(stats, *self.random_draws(f.shape[0], f.device, generator))
+        return ops.adain(f, *(t.to(f.dtype) for t in styles), stats=stats)
+
+    def random_styles(self, stats, xi: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean', std') (n, C): the D-VAE styles ``reach`` source spreads from the posterior draw of the clean
+        statistics ``stats`` and xi, along the latent direction that moves the style most towards v."""
+        device = xi.device
         z = self.posterior(*stats, xi)
         # The latent direction that moves the style most towards a random style direction v (J^T v):
         # uniform latent directions mostly fall into dims the decoder ignores and barely move the style.
@@ -287,10 +300,30 @@ class FeatureDSP(nn.Module):
             (u,) = torch.autograd.grad(self.dvae.decoder(zg), zg, grad_outputs=v)
         u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
         delta = self.step_lengths(z, u, self.reach)[:, None] * u
-        return ops.adain(f, *(s.to(f.dtype) for s in self.decode(z + delta)), stats=stats)
+        with torch.no_grad():
+            return self.decode(z + delta)
+
+    def local_draws(self, n: int, device):
+        """The noise of n local mixes (:meth:`local_mix`): the masks' grid values U(0, 1) and the second styles'
+        random draws; None when ``local`` is 0."""
+        if self.local <= 0 or n == 0:
+            return None
+        return torch.rand(n, 1, self.local, self.local, device=device), *self.random_draws(n, device)
+
+    def local_mix(self, restyled: torch.Tensor, f: torch.Tensor, stats, draws) -> torch.Tensor:
+        """Each sample's restyled features (n, C, H, W) blended over space with the same features in a random
+        style as far from the source (:meth:`random_styles`): m * restyled + (1 - m) * random, m a smooth mask
+        (the draws' local x local grid, bilinear to H x W). ``f``/``stats``: the clean features and their
+        statistics. ``draws`` None: ``restyled`` as it is."""
+        if draws is None:
+            return restyled
+        grid, xi, v = draws
+        other = ops.adain(f, *(t.to(f.dtype) for t in self.random_styles(stats, xi, v)), stats=stats)
+        m = F.interpolate(grid, size=f.shape[-2:], mode="bilinear", align_corners=False).to(f.dtype)
+        return m * restyled + (1 - m) * other
 
     def adversarial_delta(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, xi: torch.Tensor,
-                          loss_fn=cross_entropy, autocast=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                          loss_fn=cross_entropy, autocast=None, local=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """delta after ``adv_steps`` ascent steps on loss_fn of ``model`` with the first len(xi) samples
         restyled; returns (delta, the (detached) losses at the steps' starting points). BN running stats
         are untouched.
@@ -301,7 +334,7 @@ class FeatureDSP(nn.Module):
         z0 = {}
 
         def loss_at(delta: torch.Tensor) -> torch.Tensor:
-            loss = self._restyled_loss(model, images, labels, xi, delta, loss_fn, autocast, z0)
+            loss = self._restyled_loss(model, images, labels, xi, delta, loss_fn, autocast, z0, local)
             losses.append(loss.detach())
             return loss
 
@@ -313,9 +346,10 @@ class FeatureDSP(nn.Module):
             delta = ascend(delta, loss_at, self.adv_steps, self.adv_step_size, step_scale)
         return delta, losses
 
-    def _restyled_loss(self, model, images, labels, xi, delta, loss_fn=cross_entropy, autocast=None, z0=None):
+    def _restyled_loss(self, model, images, labels, xi, delta, loss_fn=cross_entropy, autocast=None, z0=None,
+                       local=None):
         """loss_fn over the first len(xi) samples of ``model(images)`` with those samples restyled
-        (z0, if given, receives their posterior latent)."""
+        (z0, if given, receives their posterior latent; ``local``: :meth:`local_draws`)."""
         n = xi.shape[0]
 
         def hook(f):
@@ -325,6 +359,7 @@ class FeatureDSP(nn.Module):
                 z0["z"] = z
             new_mean, new_std = self.decode(z if delta is None else z + delta)
             restyled = ops.adain(f[:n].detach(), new_mean.to(f.dtype), new_std.to(f.dtype), stats=stats)
+            restyled = self.local_mix(restyled, f[:n], stats, local)
             return torch.cat([restyled, f[n:].detach()])
 
         with perturbation(model, hook), autocast or nullcontext():
@@ -355,14 +390,16 @@ class FeatureDSP(nn.Module):
             images = torch.cat([pixel_restyle(images[:n], self.pixel), images[n:]])
         logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
         xi = torch.randn(n, self.dvae.latent, device=images.device)
+        local = self.local_draws(n, images.device)
         delta = None
         if n > 0 and self.adv_steps > 0:
             m = min(n_total, max(n, 2))  # >= 2 samples through BN when the batch has them
-            delta, losses = self.adversarial_delta(model, images[:m], labels[:m], xi, loss_fn, autocast)
+            delta, losses = self.adversarial_delta(model, images[:m], labels[:m], xi, loss_fn, autocast, local)
             logs["adv_loss0"] = losses[0]
             if self.log_gain:
                 with torch.no_grad(), frozen_bn_stats(model):
-                    after = self._restyled_loss(model, images[:m], labels[:m], xi, delta, loss_fn, autocast)
+                    after = self._restyled_loss(model, images[:m], labels[:m], xi, delta, loss_fn, autocast,
+                                                local=local)
                 logs["adv_gain"] = after - losses[0]
 
         dvae_out = {}
@@ -373,6 +410,7 @@ class FeatureDSP(nn.Module):
                 with torch.no_grad():  # styles before the D-VAE loss, which moves the standardiser
                     new_mean, new_std = self.styles(mean[:n], std[:n], xi, delta)
                 restyled = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n], std[:n]))
+                restyled = self.local_mix(restyled, f[:n], (mean[:n], std[:n]), local)
                 f = torch.cat([restyled, f[n:]])
             with torch.autocast(f.device.type, enabled=False):
                 dvae_out["loss"] = self.dvae.loss(mean[clean_from:], std[clean_from:], beta=self.beta)
