@@ -44,6 +44,21 @@ def int_at_least(low: int):
     return parse
 
 
+def float_in(low: float, high: float):
+    """argparse type: a float in [low, high], with a one-line error."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low}, {high}], got {text!r}") from None
+        if not low <= v <= high:  # (NaN fails too)
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text!r}")
+        return v
+
+    parse.__name__ = f"float in [{low}, {high}]"
+    return parse
+
+
 class UsageError(ValueError):
     """A command-line value that parsed but cannot be used (a CUDA device on a machine without one, ...)."""
 

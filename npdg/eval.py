@@ -5,6 +5,9 @@
     python -m npdg.eval --checkpoint ckpt.pt --data cityscapes:/data/cityscapes --sliding \\
         --window 512x1024 --stride 341x683 --device cuda
 
+    python -m npdg.eval --checkpoint runs/x/final.pt --data synthetic:source --size 96x192 --num 60 \
+        --restyle 0.5      # a style-shifted source val: each image in a fixed random RGB style
+
 The JSON is ``{SPEC: {"miou": percent, "per_class": {class: percent or null}, "protocol": str,
 "sizes": [[H, W], ...]}}`` (the protocol and the input sizes the images were scored at); null marks a class
 with no ground-truth pixel (excluded from the mean, see :mod:`npdg.metrics`). From Python, the same
@@ -60,6 +63,28 @@ def sliding_logits(model, images, window, stride, num_classes):
             total[..., y:y + wh, x:x + ww] += _logits(model, padded[..., y:y + wh, x:x + ww])
             count[..., y:y + wh, x:x + ww] += 1
     return (total / count)[..., :H, :W]
+
+
+class Restyled(torch.utils.data.Dataset):
+    """``dataset`` with every image in a fixed random RGB style: :func:`npdg.dsp.perturb.pixel_restyle` at
+    ``strength`` (channel mean + strength x N(0, 1), std x exp(strength x N(0, 1)), normalised units), the
+    draws seeded by (seed, index) so every model sees the same styles. A style-shifted validation made from
+    the source split alone (no target domain); labels unchanged."""
+
+    def __init__(self, dataset, strength: float, seed: int = 0):
+        self.dataset, self.strength, self.seed = dataset, strength, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        from npdg.dsp.perturb import pixel_restyle
+
+        image, label = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            image = pixel_restyle(image[None], self.strength)[0]
+        return image, label
 
 
 def _collate(samples):
@@ -143,6 +168,10 @@ def build_parser():
     p.add_argument("--sliding", action="store_true", help="sliding-window inference")
     p.add_argument("--window", type=hw_arg, help="sliding window HxW")
     p.add_argument("--stride", type=hw_arg, help="sliding stride HxW (default 2/3 of the window)")
+    p.add_argument("--restyle", type=cli.float_in(0, 5), default=0.0, metavar="A",
+                   help="evaluate every image in a fixed random RGB style of strength A (per channel: mean + "
+                        "A x N(0,1), std x exp(A x N(0,1)); seeded per image, the same for every model): a "
+                        "style-shifted copy of a split, e.g. the source val, without any target domain (0 = off)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda[:i]")
     cli.add_debug(p)
     return p
@@ -182,6 +211,8 @@ def _run(args) -> int:
     protocols = {spec: _protocol(spec, args) for spec in args.data}
     datasets = {spec: build_eval_dataset(spec, protocols[spec], split=args.split, num=args.num, seed=args.seed)
                 for spec in args.data}
+    if args.restyle > 0:
+        datasets = {spec: Restyled(ds, args.restyle, seed=args.seed) for spec, ds in datasets.items()}
     import npdg
 
     model = npdg.load_model(args.checkpoint, map_location="cpu").to(device)
@@ -190,9 +221,12 @@ def _run(args) -> int:
         results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=device,
                                  num_workers=args.workers, desc=spec, **protocols[spec].eval_kwargs())
         results[spec]["protocol"] = str(protocols[spec])
+        if args.restyle > 0:
+            results[spec]["restyle"] = args.restyle
         miou = results[spec]["miou"]
         shown = "n/a (no labelled pixels)" if miou is None else f"{miou:.2f}%"
-        print(f"{spec}: mIoU {shown} over {len(ds)} images (protocol {protocols[spec]})", file=sys.stderr)
+        styled = f", restyled at {args.restyle}" if args.restyle > 0 else ""
+        print(f"{spec}: mIoU {shown} over {len(ds)} images (protocol {protocols[spec]}{styled})", file=sys.stderr)
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

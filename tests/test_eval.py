@@ -149,3 +149,42 @@ def test_distributed_evaluation_sums_shards(tmp_path):
                         progress=False)
     for rank in range(2):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == expected
+
+
+def test_restyled_split_gives_each_image_a_fixed_rgb_style():
+    from npdg.dsp.perturb import pixel_restyle
+    from npdg.eval import Restyled
+
+    base = build_dataset("synthetic:source", split="val", size=SIZE, num=3, seed=0)
+    styled = Restyled(base, 0.5, seed=4)
+    assert len(styled) == 3
+    for i in range(3):
+        image, label = base[i]
+        a, b = styled[i], styled[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], label)  # the same style every time; labels unchanged
+        torch.manual_seed(4 * 1_000_003 + i)  # the draws pixel_restyle makes, seeded by (seed, index)
+        torch.testing.assert_close(a[0], pixel_restyle(image[None], 0.5)[0])
+        assert (a[0] - image).abs().amax() > 0.1
+    assert not torch.equal(styled[0][0], Restyled(base, 0.5, seed=5)[0][0])  # another seed, other styles
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    styled[1]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
+
+
+def test_cli_restyle_scores_the_restyled_images(tmp_path, saved_model):
+    model, path = saved_model
+    out = tmp_path / "r.json"
+    args = ["--checkpoint", str(path), "--data", "synthetic:source", "--size", "32x64", "--num", "2", "--json",
+            str(out)]
+    assert main(args + ["--restyle", "0.5"]) == 0
+    got = json.loads(out.read_text())["synthetic:source"]
+    from npdg.eval import Restyled
+
+    direct = evaluate(model, Restyled(build_dataset("synthetic:source", split="val", size=(32, 64), num=2, seed=0),
+                                      0.5), progress=False)
+    assert got["restyle"] == 0.5 and got["miou"] == pytest.approx(direct["miou"])
+    assert main(args) == 0 and "restyle" not in json.loads(out.read_text())["synthetic:source"]
+    for bad in ("-1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            main(args + ["--restyle", bad])
