@@ -5,7 +5,7 @@
     python -m npdg.eval --checkpoint ckpt.pt --data cityscapes:/data/cityscapes --sliding \\
         --window 512x1024 --stride 341x683 --device cuda
 
-    python -m npdg.eval --checkpoint runs/x/final.pt --data synthetic:source --size 96x192 --num 60 \
+    python -m npdg.eval --checkpoint runs/x/final.pt --data synthetic:source --size 96x192 --num 60 \\
         --restyle 0.5      # a style-shifted source val: each image in a fixed random RGB style
 
 The JSON is ``{SPEC: {"miou": percent, "per_class": {class: percent or null}, "protocol": str,
