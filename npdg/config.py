@@ -252,8 +252,7 @@ class Config:
         _check_range(self, "finetune_kd", 0, None)
         _check_range(self, "dsp_pixel", 0, 5)
         _check_range(self, "swa", 0, 1)
-        if not 0 <= self.dsp_local <= 64:
-            raise ConfigError(f"dsp_local must be in [0, 64] (grid cells per side; 0 = off), got {self.dsp_local}")
+        _check_range(self, "dsp_local", 0, 64)  # grid cells per side; 0 = off
         for name in ("dsp_pixel", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")
