@@ -2,7 +2,8 @@
 # One-command GPU check for the target machine (H100/H200; Python 3.12, torch 2.11+cu130, triton 3.6,
 # no network). Builds the project with CUDA, runs the CUDA tests and the benches, and writes
 # JSON + a markdown summary into OUTDIR. Budget: about 7-8 minutes (time caps below sum to 565 s plus the
-# build, ~30 s; the first H200 run, 2026-11-30, took 410 s in all). OUTDIR gets eight files (the device tool returns at most 8): summary.log, summary.md,
+# build, ~30 s; the first H200 run, 2026-11-30, took 410 s in all). OUTDIR gets eight files (the device
+# tool returns at most 8): summary.log, summary.md,
 # bench_{adain,sensitivity,prune,train,runtimes}.json, sweep_r50.json (the sweep's plot is not written:
 # its JSON has every number). bench_runtimes: dense vs pruned R50/R18/SegFormer-B0 in eager PyTorch and in
 # ONNX Runtime's CUDA provider -- the ONNX Runtime rows only if onnxruntime-gpu (+ onnx, onnxscript) is
