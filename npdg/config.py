@@ -43,6 +43,8 @@ class Config:
     model: str = "deeplabv3plus_r18"  # any name from npdg.models.available_models()
     num_classes: int = 19  # Cityscapes train ids
     pretrained: str = ""  # local ImageNet backbone state dict ("" = random init; no downloads)
+    input_norm: bool = False  # the model standardises each input image per channel over its pixels before its
+    #   first layer (instance normalisation of the input; part of the model, saved and exported); off = the paper's
 
     # --- data: the embedded synthetic benchmark by default; any eval SPEC works for targets
     source: str = "synthetic:source"  # training domain (SPEC, see npdg.eval --help)

@@ -107,7 +107,7 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
         print(f"note: {note}", file=out)
     train_set, val_sets = check_data(cfg)  # (the dry run's steps use the same data: only the batch differs)
     counts = {f"{cfg.source} (train)": len(train_set), **{spec: len(ds) for spec, ds in val_sets.items()}}
-    model = create_model(cfg.model, num_classes=cfg.num_classes,
+    model = create_model(cfg.model, num_classes=cfg.num_classes, input_norm=cfg.input_norm,
                          **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
     b = batch or (cfg.batch_size if device.type == "cuda" else min(cfg.batch_size, 2))
     workers = min(cfg.workers, os.cpu_count() or 1)

@@ -425,7 +425,7 @@ class Run:
         if state is None:
             from npdg.models import create_model
 
-            model = create_model(cfg.model, num_classes=cfg.num_classes,
+            model = create_model(cfg.model, num_classes=cfg.num_classes, input_norm=cfg.input_norm,
                                  **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
             start_stage = "train"
         else:

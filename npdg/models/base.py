@@ -9,6 +9,10 @@
   ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.
 * ``arch_config()``: the plain-data constructor kwargs (incl. current ``widths``) that rebuild this
   architecture via ``create_model(model.registry_name, **cfg)``; ``save_model`` stores them.
+* ``input_norm=True`` (every model): ``forward`` first standardises each image per channel over its pixels
+  (:meth:`normalize_input`, instance normalisation without affine), so a per-channel affine change of the
+  image's colours (brightness, contrast, tint) does not reach the first layer. Part of the model: stored in
+  ``arch_config()`` (only when on, so older checkpoints rebuild unchanged), kept by compaction, exported.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import numbers
 
 from torch import nn
+from torch.nn import functional as F
 
 from npdg.models.units import CoupledGroup, UnitGroup, name_groups
 
@@ -23,14 +28,20 @@ from npdg.models.units import CoupledGroup, UnitGroup, name_groups
 class SegmentationModel(nn.Module):
     registry_name: str = ""  # set by create_model
 
-    def __init__(self, num_classes: int, widths: dict | None = None, **arch_kwargs):
+    def __init__(self, num_classes: int, widths: dict | None = None, input_norm: bool = False, **arch_kwargs):
         super().__init__()
         bad = {k: v for k, v in (widths or {}).items() if not isinstance(v, numbers.Integral) or v < 1}
         if bad:
             raise ValueError(f"invalid widths (each group keeps at least 1 unit): {bad}")
         self.num_classes = num_classes
         # Plain constructor kwargs except widths (those are read back from the live modules).
-        self._arch_kwargs = {"num_classes": num_classes, **arch_kwargs}
+        self._arch_kwargs = {"num_classes": num_classes, **arch_kwargs, **({"input_norm": True} if input_norm else {})}
+        self.input_norm = bool(input_norm)
+
+    def normalize_input(self, x):
+        """``forward``'s first step: with ``input_norm`` each image (N, C, H, W) minus its per-channel mean over
+        H x W, divided by its per-channel std (biased, eps 1e-5 on the variance); without, ``x`` itself."""
+        return F.instance_norm(x, eps=1e-5) if self.input_norm else x
 
     def _check_widths(self, widths: dict | None) -> None:
         """Subclasses call this last in __init__: a misspelt group name must not build a dense model."""

@@ -107,8 +107,8 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class DeepLabV3Plus(SegmentationModel):
-    def __init__(self, backbone: str, num_classes=19, output_stride=16, widths=None):
-        super().__init__(num_classes, widths, output_stride=output_stride)  # backbone is implied by the name
+    def __init__(self, backbone: str, num_classes=19, output_stride=16, widths=None, input_norm=False):
+        super().__init__(num_classes, widths, input_norm, output_stride=output_stride)  # backbone: implied by the name
         if output_stride not in ASPP_RATES:
             raise ValueError(f"output_stride must be one of {sorted(ASPP_RATES)}, got {output_stride}")
         bw = sub_widths(widths, "backbone")
@@ -129,7 +129,7 @@ class DeepLabV3Plus(SegmentationModel):
         self._check_widths(widths)
 
     def forward(self, x):
-        low, high = self.backbone(x)
+        low, high = self.backbone(self.normalize_input(x))
         logits = self.head(low, high)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -153,8 +153,8 @@ class DeepLabV3Plus(SegmentationModel):
 
 
 def _builder(backbone):
-    def build(num_classes=19, output_stride=16, widths=None):
-        return DeepLabV3Plus(backbone, num_classes, output_stride, widths)
+    def build(num_classes=19, output_stride=16, widths=None, input_norm=False):
+        return DeepLabV3Plus(backbone, num_classes, output_stride, widths, input_norm)
 
     return build
 

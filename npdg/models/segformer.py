@@ -56,8 +56,8 @@ class SegFormerHead(nn.Module):
 
 
 class SegFormer(SegmentationModel):
-    def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None):
-        super().__init__(num_classes, widths, drop_path_rate=drop_path_rate)  # variant is implied by the name
+    def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None, input_norm=False):
+        super().__init__(num_classes, widths, input_norm, drop_path_rate=drop_path_rate)  # variant: implied by the name
         dims, depths, embed_dim = VARIANTS[variant]
         self.backbone = MixVisionTransformer(
             dims, depths, drop_path_rate=drop_path_rate, widths=sub_widths(widths, "backbone")
@@ -69,7 +69,7 @@ class SegFormer(SegmentationModel):
         self._check_widths(widths)
 
     def forward(self, x):
-        logits = self.head(self.backbone(x))
+        logits = self.head(self.backbone(self.normalize_input(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def supports_residual(self) -> bool:
@@ -91,8 +91,8 @@ class SegFormer(SegmentationModel):
 
 
 def _builder(variant):
-    def build(num_classes=19, drop_path_rate=0.1, widths=None):
-        return SegFormer(variant, num_classes, drop_path_rate, widths)
+    def build(num_classes=19, drop_path_rate=0.1, widths=None, input_norm=False):
+        return SegFormer(variant, num_classes, drop_path_rate, widths, input_norm)
 
     return build
 
