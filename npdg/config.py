@@ -258,6 +258,9 @@ class Config:
         for name in ("dsp_pixel", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")
+        if self.dsp_pixel and self.input_norm:
+            raise ConfigError("dsp_pixel has no effect with input_norm: the model standardises each image per channel, "
+                              "which undoes the pixel restyle (a per-channel AdaIN); drop one")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
         return self

@@ -199,6 +199,8 @@ def test_dsp_pixel_restyles_only_the_restyled_copies_inputs():
         load_config(None, ["--dsp_pixel=-0.1"])
     with pytest.raises(ConfigError, match="feature-level DSP only"):
         load_config(None, ["--dsp_pixel=0.5", "--dsp_level=image"])
+    with pytest.raises(ConfigError, match="dsp_pixel has no effect with input_norm"):
+        load_config(None, ["--dsp_pixel=0.5", "--input_norm"])
 
 
 # the paper's value of every recipe key issue 16 added or changed; a paper preset states each one, so a change
