@@ -472,7 +472,8 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Config, Path, dict
     """(config, run directory, resumable state or None); refuses to overwrite an existing run."""
     if resume:
         state = checkpoint.load_state(resume)
-        cfg = Config(**{**Config().to_dict(), **state["config"]})
+        # a key added after the run started takes the value the run had (input_norm: off before it existed)
+        cfg = Config(**{**Config().to_dict(), "input_norm": False, **state["config"]})
         cfg.crop, cfg.eval_size = tuple(cfg.crop), tuple(cfg.eval_size)
         return cfg.validate(), Path(resume), state
     run_dir = Path(cfg.out or f"runs/{cfg.method}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")

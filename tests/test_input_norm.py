@@ -99,3 +99,26 @@ def test_onnx_export_keeps_it(tmp_path):
     (name,) = [i.name for i in session.get_inputs()]
     plain, shifted = (session.run(None, {name: v.numpy()})[0] for v in (x, _affine(x.double()).float()))
     assert np.abs(plain - shifted).max() <= 1e-3 * np.abs(plain).max()
+
+
+@pytest.mark.parametrize("method, expected", [("npdg", True), ("erm", False), ("dsp", False), ("slimming", False)])
+def test_method_default(method, expected):
+    from npdg.config import load_config
+
+    assert load_config(None, [f"--method={method}"]).input_norm is expected
+    assert load_config(None, [f"--method={method}", "--input_norm=none"]).input_norm is expected
+    assert load_config(None, [f"--method={method}", "--input_norm=false"]).input_norm is False
+    assert load_config(None, [f"--method={method}", "--input_norm"]).input_norm is True
+
+
+def test_resume_of_a_run_from_before_the_key_keeps_it_off(tmp_path):
+    from npdg import checkpoint
+    from npdg.config import load_config
+    from npdg.train import prepare_run_dir
+
+    cfg = load_config(None, ["--method=npdg"])
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "input_norm"}  # a config.json from before the key
+    torch.save({"format": checkpoint.RUN_FORMAT, "config": stored}, tmp_path / checkpoint.STATE)
+    assert prepare_run_dir(cfg, str(tmp_path))[0].input_norm is False
+    torch.save({"format": checkpoint.RUN_FORMAT, "config": cfg.to_dict()}, tmp_path / checkpoint.STATE)
+    assert prepare_run_dir(cfg, str(tmp_path))[0].input_norm is True
