@@ -216,6 +216,9 @@ def _run(args) -> int:
     import npdg
 
     model = npdg.load_model(args.checkpoint, map_location="cpu").to(device)
+    if args.restyle > 0 and getattr(model, "input_norm", False):
+        print(f"note: {args.checkpoint} standardises its input per channel (input_norm), which undoes --restyle "
+              "(a per-channel AdaIN of the image): expect the plain score", file=sys.stderr)
     results = {}
     for spec, ds in datasets.items():
         results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=device,

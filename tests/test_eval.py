@@ -188,3 +188,21 @@ def test_cli_restyle_scores_the_restyled_images(tmp_path, saved_model):
     for bad in ("-1", "nan", "x"):
         with pytest.raises(SystemExit):
             main(args + ["--restyle", bad])
+
+
+def test_cli_restyle_notes_an_input_norm_model_is_invariant(tmp_path, capsys):
+    from helpers import randomize_
+
+    from npdg.models import create_model
+    from npdg.serialization import save_model
+
+    torch.manual_seed(0)
+    save_model(randomize_(create_model("deeplabv3plus_r18", input_norm=True)).eval(), tmp_path / "m.pt")
+    args = ["--checkpoint", str(tmp_path / "m.pt"), "--data", "synthetic:source", "--size", "32x64", "--num", "2",
+            "--json", str(tmp_path / "r.json")]
+    assert main(args + ["--restyle", "0.5"]) == 0
+    assert "undoes --restyle" in capsys.readouterr().err
+    restyled = json.loads((tmp_path / "r.json").read_text())["synthetic:source"]["miou"]
+    assert main(args) == 0 and "undoes" not in capsys.readouterr().err
+    assert restyled == pytest.approx(json.loads((tmp_path / "r.json").read_text())["synthetic:source"]["miou"],
+                                     abs=0.5)
