@@ -109,6 +109,8 @@ def test_method_default(method, expected):
     assert load_config(None, [f"--method={method}", "--input_norm=none"]).input_norm is expected
     assert load_config(None, [f"--method={method}", "--input_norm=false"]).input_norm is False
     assert load_config(None, [f"--method={method}", "--input_norm"]).input_norm is True
+    mit = ["--model=segformer_b0", f"--method={method}"]  # off by default on a MiT model; on when asked
+    assert load_config(None, mit).input_norm is False and load_config(None, mit + ["--input_norm"]).input_norm is True
 
 
 def test_resume_of_a_run_from_before_the_key_keeps_it_off(tmp_path):
