@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The README's results table: every method on the embedded benchmark with the default budget.
 #   bash benches/dg_table.sh OUTDIR [RUN ...]     RUN = METHOD-sSEED, METHOD in erm dsp npdg slimming
-#                                                 npdg_lam1 npdg_lam0 npdg_default (default: the table's twelve runs)
+#                                                 npdg_lam1 npdg_lam0 npdg_default erm_in (default: the table's twelve runs)
 # The table's dsp / npdg runs are the paper's recipe (restyled samples replace half the batch, one loss mean,
 # sensitivity from the γ-scaled outputs, |γ| prune), which was the default when they ran: they get those keys
 # explicitly (and its schedule then: 200 train + 60 fine-tuning steps). npdg_default is `python -m npdg.train
 # --method npdg` as it is now (restyled copies weighted 0.5 beside the whole clean batch, scale-free sensitivity,
-# prune_sens 1, the early prune: 60 train + 200 fine-tuning steps; see README "At equal budgets").
+# prune_sens 2, the early prune to 60 % of the FLOPs: 60 train + 200 fine-tuning steps, input_norm; see README "At equal
+# budgets"); erm_in is ERM with the same input normalisation (the baseline that isolates what NPDG adds to it).
 # About 10 minutes a run on 2 CPU cores; finished runs are skipped, an interrupted one is resumed.
 # Each run's metrics.json is copied to benches/results/dg/RUN.json; the table (with seed means) is printed at the end,
 # then the paired comparison npdg - erm over their shared seeds (python -m npdg.compare).
@@ -31,13 +32,15 @@ for run in "${runs[@]}"; do
     method=${run%-s*}
     seed=${run##*-s}
     extra=(${budget:+--budget="$budget"})
-    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0 --dsp_weight=0 --iters=200 --finetune_iters=60)
+    paper=(--dsp_copy=false --sens_scale=output --prune_sens=0 --dsp_weight=0 --iters=200 --finetune_iters=60
+           --input_norm=false --flops_target=0)
     case $method in
         dsp) extra+=("${paper[@]}") ;;
         npdg) extra+=("${paper[@]}") ;;
         npdg_lam1) method=npdg; extra+=("${paper[@]}" --lam=1) ;;
         npdg_lam0) method=npdg; extra+=("${paper[@]}" --lam=0) ;;
         npdg_default) method=npdg ;;
+        erm_in) method=erm; extra+=(--input_norm) ;;
     esac
     dir="$out/$run"
     if [ -f "$dir/config.json" ]; then  # a finished or interrupted run must have been started with this budget
