@@ -181,7 +181,7 @@ class Config:
         if self.iters == -1:
             self.iters = ITERS.get(self.method, 200)
         if self.input_norm is None:
-            self.input_norm = INPUT_NORM.get(self.method, False) and not self.model.startswith("segformer_")
+            self.input_norm = INPUT_NORM.get(self.method, False) and not self.mit_model
         for name in ("iters", "batch_size", "num_classes", "train_num"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -194,7 +194,7 @@ class Config:
         if self.flops_target == -1:  # (before ratio resolves: a given ratio or threshold chooses the prune)
             chosen = self.ratio != -1 or self.threshold > 0
             default = FLOPS_TARGET.get(self.method, 0.0)
-            if default and self.model.startswith("segformer_"):
+            if default and self.mit_model:
                 default = FLOPS_TARGET_MIT
             self.flops_target = 0.0 if chosen else default
         if self.ratio == -1:
@@ -307,6 +307,11 @@ class Config:
         if props.major < 8:
             raise ConfigError(f"amp=true: bf16 autocast needs a CUDA device of compute capability >= 8.0; "
                               f"{props.name} (cuda:{index}) is {props.major}.{props.minor}: drop --amp")
+
+    @property
+    def mit_model(self) -> bool:
+        """A SegFormer (MiT) model: its FLOPs target and input_norm default differ (FLOPS_TARGET_MIT, INPUT_NORM)."""
+        return self.model.startswith("segformer_")
 
     @property
     def prunes(self) -> bool:

@@ -96,9 +96,8 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     out = out or sys.stdout
     from npdg.eval import evaluate
     from npdg.loop import Context, batches
-    from npdg.models import create_model
     from npdg.pruning import params
-    from npdg.train import Recipe, Run, eval_protocols
+    from npdg.train import Recipe, Run, build_model, eval_protocols
 
     t_start = time.perf_counter()
     cfg.check_files()
@@ -107,8 +106,7 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
         print(f"note: {note}", file=out)
     train_set, val_sets = check_data(cfg)  # (the dry run's steps use the same data: only the batch differs)
     counts = {f"{cfg.source} (train)": len(train_set), **{spec: len(ds) for spec, ds in val_sets.items()}}
-    model = create_model(cfg.model, num_classes=cfg.num_classes, input_norm=cfg.input_norm,
-                         **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
+    model = build_model(cfg)
     b = batch or (cfg.batch_size if device.type == "cuda" else min(cfg.batch_size, 2))
     workers = min(cfg.workers, os.cpu_count() or 1)
     small = dataclasses.replace(

@@ -79,6 +79,15 @@ def train_dataset(cfg: Config):
                          transform=TrainAugment(crop=tuple(cfg.crop)))
 
 
+def build_model(cfg: Config):
+    """The freshly initialised model a run (or a dry run) trains: cfg.model with cfg's classes, input_norm and
+    pretrained backbone."""
+    from npdg.models import create_model
+
+    return create_model(cfg.model, num_classes=cfg.num_classes, input_norm=cfg.input_norm,
+                        **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
+
+
 def eval_protocols(cfg: Config) -> dict:
     """{SPEC: Protocol} for the source val split and every target (npdg.data.protocol: on-disk data at the
     literature's size for that dataset, synthetic domains rendered at eval_size; eval_protocol overrides)."""
@@ -423,10 +432,7 @@ class Run:
         cfg, ctx = self.cfg, self.ctx
         stages = STAGES[cfg.method]
         if state is None:
-            from npdg.models import create_model
-
-            model = create_model(cfg.model, num_classes=cfg.num_classes, input_norm=cfg.input_norm,
-                                 **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
+            model = build_model(cfg)
             start_stage = "train"
         else:
             model = model_from_payload(state["model"])

@@ -35,7 +35,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"invalid widths (each group keeps at least 1 unit): {bad}")
         self.num_classes = num_classes
         # Plain constructor kwargs except widths (those are read back from the live modules).
-        self._arch_kwargs = {"num_classes": num_classes, **arch_kwargs, **({"input_norm": True} if input_norm else {})}
+        self._arch_kwargs = {"num_classes": num_classes, **arch_kwargs}
         self.input_norm = bool(input_norm)
 
     def normalize_input(self, x):
@@ -83,7 +83,8 @@ class SegmentationModel(nn.Module):
                 if not isinstance(g, CoupledGroup) or g.size != g.full_size}
 
     def arch_config(self) -> dict:
-        return {**self._arch_kwargs, "widths": self.widths()}
+        norm = {"input_norm": True} if self.input_norm else {}  # only when on: older checkpoints rebuild unchanged
+        return {**self._arch_kwargs, **norm, "widths": self.widths()}
 
     @property
     def style_layer(self) -> nn.Module:
