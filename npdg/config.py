@@ -134,6 +134,9 @@ class Config:
     dsp_pixel: float = 0.0  # feature level: the restyled samples also get a random per-image RGB style at the input
     #   (AdaIN of the normalised image: channel mean + dsp_pixel x N(0, 1), std x exp(dsp_pixel x N(0, 1))), a
     #   second perturbation depth before the adversary's; 0 = none (the paper's)
+    dsp_colour: float = 0.0  # feature level: the restyled samples' input images also get a random colour matrix
+    #   (x' = mu + M (x - mu), M = matrix_exp(dsp_colour x N(0, 1)^(3x3)): channels mixed, which input_norm does not
+    #   undo), and npdg's sensitivity variants get it too; 0 = none (the paper's)
     dsp_local: int = 0  # feature level: > 0 = each restyled sample mixes two styles over space, its adversarial
     #   D-VAE style and a random one as far from the source, blended by a smooth random mask (a dsp_local x
     #   dsp_local grid of U(0, 1), bilinear to the feature map; the adversary ascends through the blend); 0 = one
@@ -262,9 +265,10 @@ class Config:
         _check_range(self, "prune_fade", 0, 1, high_open=True)
         _check_range(self, "finetune_kd", 0, None)
         _check_range(self, "dsp_pixel", 0, 5)
+        _check_range(self, "dsp_colour", 0, 5)
         _check_range(self, "swa", 0, 1)
         _check_range(self, "dsp_local", 0, 64)  # grid cells per side; 0 = off
-        for name in ("dsp_pixel", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
+        for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")
         if self.dsp_pixel and self.input_norm:

@@ -19,7 +19,9 @@ w = lam * unary + (1 - lam) * binary and rescaled to mean 1 over all units, so a
 a LARGER coefficient in the sparsity term. A zero layer mean (no unit varies, or binary of a one-unit layer)
 counts as the neutral 1. Units upstream of the perturbation point (e.g. ResNet layer1's inner channels,
 SegFormer stage-1 blocks: computed before ``style_layer`` returns, so they cannot see the perturbation)
-are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale.
+are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale -- unless the DSP
+restyles colours too (``dsp.colour`` > 0, ``--dsp_colour``): then variants 1..K-1 start as colour-restyled
+images (:func:`npdg.dsp.perturb.colour_restyle`), every unit sees them, and none is upstream.
 
 Scale: the activations are the groups' γ-scaled outputs, so unary/binary grow with |γ| -- the magnitude the
 prune ranks by. Every pass therefore also computes **scale-free** scores: each unit's covariances divided by
@@ -136,7 +138,8 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     itself: its hook runs before the perturbation's) are upstream (neutral weight 1).
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
-    the K - 1 new styles (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
+    the K - 1 new styles (with ``dsp.colour`` > 0 each variant's images first get a random colour matrix,
+    :func:`npdg.dsp.perturb.colour_restyle`, so the units before ``style_layer`` are scored too, none upstream) (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
     eval-mode statistics never enter training); generator seeds those styles. precision is passed to
     ``npdg.ops.style_sensitivity``; scale which scores make ``weights`` (output | relative, see the module
     docstring; both are computed). The model's train/eval mode is restored afterwards.
@@ -151,10 +154,17 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     groups = model.prunable_units(residual=residual)
     unary, binary, upstream = {}, {}, []
     unary_rel, binary_rel = {}, {}
-    styled = [False]
+    colour = getattr(dsp, "colour", 0.0)
+    if colour > 0:  # the variants' images differ already (colour matrices): every unit sees the style change
+        from npdg.dsp.perturb import colour_restyle
+
+        images = torch.cat([images, colour_restyle(images.repeat(k - 1, 1, 1, 1), colour, generator)])
+    styled = [colour > 0]
 
     def style_hook(f):
         styled[0] = True
+        if colour > 0:  # f holds the K variants already: restyle variants 1..K-1
+            return torch.cat([f[:n], dsp.random_restyle(f[n:], generator)])
         return torch.cat([f, dsp.random_restyle(f.repeat(k - 1, *([1] * (f.dim() - 1))), generator)])
 
     def unit_hook(name):

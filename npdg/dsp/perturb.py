@@ -161,6 +161,22 @@ def pixel_restyle(images: torch.Tensor, strength: float) -> torch.Tensor:
         return ops.adain(images, mean.to(images.dtype), std.to(images.dtype), stats=stats)
 
 
+def colour_restyle(images: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random colour-correction matrix per image: x' = mu + M (x - mu) on the (normalised) images (n, 3, H, W),
+    mu the image's channel means, M = matrix_exp(strength x A), A ~ N(0, 1)^(3x3) (``generator`` or the global
+    RNG); no gradient. Unlike :func:`pixel_restyle` it mixes the channels (white balance, a camera's colour
+    matrix, a palette change), which a per-channel input normalisation (``input_norm``) does not undo."""
+    if strength <= 0 or images.shape[0] == 0:
+        return images
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"colour_restyle: expected (n, 3, H, W) images, got {tuple(images.shape)}")
+    with torch.no_grad():
+        a = torch.randn(images.shape[0], 3, 3, device=images.device, generator=generator, dtype=torch.float32)
+        m = torch.linalg.matrix_exp(strength * a.double()).to(images.dtype)  # (3x3: float64 costs nothing)
+        mu = images.mean(dim=(2, 3), keepdim=True)
+        return mu + torch.einsum("nij,njhw->nihw", m, images - mu)
+
+
 class FeatureDSP(nn.Module):
     """Adversarial AdaIN style perturbation at ``model.style_layer`` with an online-trained D-VAE.
 
@@ -173,6 +189,8 @@ class FeatureDSP(nn.Module):
     restyled_weight: 0 = one loss mean over all samples, clean and restyled (the paper's); > 0 = the clean
     samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight);
     pixel: the restyled samples' input images first get a random RGB style (:func:`pixel_restyle`, this strength);
+    colour: the restyled samples' input images first get a random colour matrix (:func:`colour_restyle`, this
+    strength; after ``pixel``), and :func:`npdg.sensitivity.compute_sensitivity` makes its style variants with it too;
     local: > 0 = each restyled sample mixes its adversarial style with a random one over space (:meth:`local_mix`,
     a local x local grid); 0 = one style per sample (the paper's).
     """
@@ -180,19 +198,20 @@ class FeatureDSP(nn.Module):
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
                  adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
                  copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0,
-                 local: int = 0):
+                 local: int = 0, colour: float = 0.0):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"FeatureDSP: p must be in [0, 1], got {p}")
-        if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local) < 0:
-            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel and local "
-                             "must be >= 0")
+        if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local, colour) < 0:
+            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local "
+                             "and colour must be >= 0")
         self.dvae = DVAE(channels, latent, hidden)
         self.beta, self.p = beta, p
         self.copy = copy  # restyle COPIES of the first ceil(p*N) samples (batch N + ceil(p*N)); else replace them
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
         self.split_bn, self.restyled_weight, self.pixel, self.local = split_bn, restyled_weight, pixel, local
+        self.colour = colour
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -388,6 +407,8 @@ class FeatureDSP(nn.Module):
             n_total, clean_from = n_total + n, n
         if n > 0 and self.pixel > 0:  # the restyled samples' inputs first (the adversary ascends from there)
             images = torch.cat([pixel_restyle(images[:n], self.pixel), images[n:]])
+        if n > 0 and self.colour > 0:
+            images = torch.cat([colour_restyle(images[:n], self.colour), images[n:]])
         logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
         xi = torch.randn(n, self.dvae.latent, device=images.device)
         local = self.local_draws(n, images.device)
