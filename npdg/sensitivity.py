@@ -127,7 +127,7 @@ def sensitivity_weights(unary: dict[str, Tensor], binary: dict[str, Tensor], lam
 @torch.no_grad()
 def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4, precision: str = "ieee",
                         generator: torch.Generator | None = None, scale: str = "output",
-                        residual: bool = False) -> Sensitivity:
+                        residual: bool = False, colour: float | None = None) -> Sensitivity:
     """Unary / binary style sensitivity and sparsity weights of every group of ``model.prunable_units()``.
 
     ``residual`` (default False): also the coupled residual streams (``prunable_units(residual=True)``).
@@ -139,7 +139,8 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
     the K - 1 new styles (with ``dsp.colour`` > 0 each variant's images first get a random colour matrix,
-    :func:`npdg.dsp.perturb.colour_restyle`, so the units before ``style_layer`` are scored too, none upstream) (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
+    :func:`npdg.dsp.perturb.colour_restyle`, so the units before ``style_layer`` are scored too, none upstream;
+    ``colour`` overrides that strength, 0 = the D-VAE feature restyles alone) (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
     eval-mode statistics never enter training); generator seeds those styles. precision is passed to
     ``npdg.ops.style_sensitivity``; scale which scores make ``weights`` (output | relative, see the module
     docstring; both are computed). The model's train/eval mode is restored afterwards.
@@ -154,7 +155,7 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     groups = model.prunable_units(residual=residual)
     unary, binary, upstream = {}, {}, []
     unary_rel, binary_rel = {}, {}
-    colour = getattr(dsp, "colour", 0.0)
+    colour = getattr(dsp, "colour", 0.0) if colour is None else colour
     if colour > 0:  # the variants' images differ already (colour matrices): every unit sees the style change
         from npdg.dsp.perturb import colour_restyle
 

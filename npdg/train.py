@@ -193,7 +193,7 @@ class Recipe:
         with torch.autocast(self.ctx.device.type, enabled=False):
             sens = compute_sensitivity(model, images[: cfg.sens_batch].float(), dsp, k=cfg.sens_k, lam=cfg.lam,
                                        precision=cfg.sens_precision, scale=cfg.sens_scale,
-                                       residual=cfg.prune_residual)
+                                       residual=cfg.prune_residual, colour=cfg.dsp_colour if cfg.sens_colour else 0.0)
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights
         self.last_sensitivity = sens

@@ -109,3 +109,17 @@ def test_dsp_colour_is_checked_and_reaches_the_dsp():
 
     recipe = Recipe(Context(cfg, torch.device("cpu")), build_model(cfg))
     assert recipe.dsp.colour == 0.5
+
+
+@pytest.mark.parametrize("sens_colour", [True, False])
+def test_sens_colour_chooses_the_sensitivity_variants(sens_colour):
+    from npdg.loop import Context
+    from npdg.train import Recipe, build_model
+
+    cfg = load_config(None, ["--dsp_colour=0.5", f"--sens_colour={str(sens_colour).lower()}", "--sens_batch=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    recipe = Recipe(Context(cfg, torch.device("cpu")), model)
+    assert recipe.dsp.colour == 0.5  # the training restyle either way
+    recipe.refresh_sensitivity(model, torch.randn(2, 3, 32, 64))
+    assert bool(recipe.last_sensitivity.upstream) is not sens_colour  # stem units scored only with it
