@@ -138,10 +138,11 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     itself: its hook runs before the perturbation's) are upstream (neutral weight 1).
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
-    the K - 1 new styles (with ``dsp.colour`` > 0 each variant's images first get a random colour matrix,
-    :func:`npdg.dsp.perturb.colour_restyle`, so the units before ``style_layer`` are scored too, none upstream;
-    ``colour`` overrides that strength, 0 = the D-VAE feature restyles alone) (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
-    eval-mode statistics never enter training); generator seeds those styles. precision is passed to
+    the K - 1 new styles (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
+    eval-mode statistics never enter training); generator seeds those styles. With ``colour`` > 0 (None:
+    ``dsp.colour``) each variant's images first get a random colour matrix
+    (:func:`npdg.dsp.perturb.colour_restyle`), so the units before ``style_layer`` are scored too, none
+    upstream; 0 = the D-VAE feature restyles alone. precision is passed to
     ``npdg.ops.style_sensitivity``; scale which scores make ``weights`` (output | relative, see the module
     docstring; both are computed). The model's train/eval mode is restored afterwards.
     """
