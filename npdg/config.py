@@ -138,7 +138,8 @@ class Config:
     #   (x' = mu + M (x - mu), M = matrix_exp(dsp_colour x N(0, 1)^(3x3)): channels mixed, which input_norm does not
     #   undo), and npdg's sensitivity variants get it too; 0 = none (the paper's)
     sens_colour: bool = True  # with dsp_colour > 0: npdg's sensitivity variants start from colour-restyled images too
-    #   (the stem is scored); false = the colour restyle in training only, sensitivity from D-VAE feature styles
+    #   (units before the style layer get scores); false = the colour restyle in training only, sensitivity
+    #   from the D-VAE feature styles alone
     dsp_local: int = 0  # feature level: > 0 = each restyled sample mixes two styles over space, its adversarial
     #   D-VAE style and a random one as far from the source, blended by a smooth random mask (a dsp_local x
     #   dsp_local grid of U(0, 1), bilinear to the feature map; the adversary ascends through the blend); 0 = one
