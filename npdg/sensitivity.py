@@ -19,9 +19,10 @@ w = lam * unary + (1 - lam) * binary and rescaled to mean 1 over all units, so a
 a LARGER coefficient in the sparsity term. A zero layer mean (no unit varies, or binary of a one-unit layer)
 counts as the neutral 1. Units upstream of the perturbation point (e.g. ResNet layer1's inner channels,
 SegFormer stage-1 blocks: computed before ``style_layer`` returns, so they cannot see the perturbation)
-are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale -- unless the DSP
-restyles colours too (``dsp.colour`` > 0, ``--dsp_colour``): then variants 1..K-1 start as colour-restyled
-images (:func:`npdg.dsp.perturb.colour_restyle`), every unit sees them, and none is upstream.
+are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale -- unless the pass
+restyles colours too (``colour`` > 0: ``--dsp_colour``, unless ``--sens_colour=false``): then variants 1..K-1
+start as colour-restyled images (:func:`npdg.dsp.perturb.colour_restyle`), every unit sees them, and none is
+upstream.
 
 Scale: the activations are the groups' γ-scaled outputs, so unary/binary grow with |γ| -- the magnitude the
 prune ranks by. Every pass therefore also computes **scale-free** scores: each unit's covariances divided by
@@ -127,7 +128,7 @@ def sensitivity_weights(unary: dict[str, Tensor], binary: dict[str, Tensor], lam
 @torch.no_grad()
 def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4, precision: str = "ieee",
                         generator: torch.Generator | None = None, scale: str = "output",
-                        residual: bool = False, colour: float | None = None) -> Sensitivity:
+                        residual: bool = False, colour: float = 0.0) -> Sensitivity:
     """Unary / binary style sensitivity and sparsity weights of every group of ``model.prunable_units()``.
 
     ``residual`` (default False): also the coupled residual streams (``prunable_units(residual=True)``).
@@ -139,8 +140,8 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
     the K - 1 new styles (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
-    eval-mode statistics never enter training); generator seeds those styles. With ``colour`` > 0 (None:
-    ``dsp.colour``) each variant's images first get a random colour matrix
+    eval-mode statistics never enter training); generator seeds those styles. With ``colour`` > 0 each
+    variant's images first get a random colour matrix of that strength
     (:func:`npdg.dsp.perturb.colour_restyle`), so the units before ``style_layer`` are scored too, none
     upstream; 0 = the D-VAE feature restyles alone. precision is passed to
     ``npdg.ops.style_sensitivity``; scale which scores make ``weights`` (output | relative, see the module
@@ -156,7 +157,6 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     groups = model.prunable_units(residual=residual)
     unary, binary, upstream = {}, {}, []
     unary_rel, binary_rel = {}, {}
-    colour = getattr(dsp, "colour", 0.0) if colour is None else colour
     if colour > 0:  # the variants' images differ already (colour matrices): every unit sees the style change
         from npdg.dsp.perturb import colour_restyle
 

@@ -71,19 +71,17 @@ def test_sensitivity_variants_get_the_colour_restyle():
     torch.manual_seed(0)
     model = randomize_(create_model("deeplabv3plus_r18", num_classes=5, input_norm=True))
     images = torch.randn(2, 3, 32, 64)
-    plain = FeatureDSP(model.style_channels, latent=8, hidden=16)
-    coloured = FeatureDSP(model.style_channels, latent=8, hidden=16, colour=0.5)
-    coloured.load_state_dict(plain.state_dict())
+    dsp = FeatureDSP(model.style_channels, latent=8, hidden=16)
     seen, restyled = [], []
     handle = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
-    feature_restyle = coloured.random_restyle
-    coloured.random_restyle = lambda f, g: restyled.append(f.shape[0]) or feature_restyle(f, g)
-    s0 = compute_sensitivity(model, images, plain, k=3, generator=torch.Generator().manual_seed(0))
-    s1 = compute_sensitivity(model, images, coloured, k=3, generator=torch.Generator().manual_seed(0))
+    feature_restyle = dsp.random_restyle
+    dsp.random_restyle = lambda f, g: restyled.append(f.shape[0]) or feature_restyle(f, g)
+    s0 = compute_sensitivity(model, images, dsp, k=3, generator=torch.Generator().manual_seed(0))
+    s1 = compute_sensitivity(model, images, dsp, k=3, generator=torch.Generator().manual_seed(0), colour=0.5)
     handle.remove()
     assert seen[0].shape[0] == 2 and seen[1].shape[0] == 6 and torch.equal(seen[1][:2], images)
     assert (seen[1][2:] - images.repeat(2, 1, 1, 1)).abs().amax() > 0.1  # variants 1..K-1 start coloured
-    assert restyled == [4]  # ... and then the D-VAE feature restyle, as without colour
+    assert restyled == [4, 4]  # ... and then the D-VAE feature restyle, as without colour
     assert s0.upstream and not s1.upstream  # the units before the style layer are scored now
     for name in s0.upstream:
         assert s1.unary[name].amax() > 0 and not torch.equal(s1.weights[name], torch.ones_like(s1.weights[name]))
@@ -115,4 +113,4 @@ def test_sens_colour_chooses_the_sensitivity_variants(sens_colour):
     recipe = Recipe(Context(cfg, torch.device("cpu")), model)
     assert recipe.dsp.colour == 0.5  # the training restyle either way
     recipe.refresh_sensitivity(model, torch.randn(2, 3, 32, 64))
-    assert bool(recipe.last_sensitivity.upstream) is not sens_colour  # stem units scored only with it
+    assert bool(recipe.last_sensitivity.upstream) is not sens_colour  # units before the style layer: only with it

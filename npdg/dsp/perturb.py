@@ -190,7 +190,7 @@ class FeatureDSP(nn.Module):
     samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight);
     pixel: the restyled samples' input images first get a random RGB style (:func:`pixel_restyle`, this strength);
     colour: the restyled samples' input images first get a random colour matrix (:func:`colour_restyle`, this
-    strength; after ``pixel``), and :func:`npdg.sensitivity.compute_sensitivity` makes its style variants with it too;
+    strength; after ``pixel``);
     local: > 0 = each restyled sample mixes its adversarial style with a random one over space (:meth:`local_mix`,
     a local x local grid); 0 = one style per sample (the paper's).
     """
