@@ -17,6 +17,7 @@ from pathlib import Path
 METHODS = ("erm", "slimming", "dsp", "npdg")
 PRUNING_METHODS = ("slimming", "npdg")  # the methods with a prune + fine-tune stage
 DSP_LEVELS = ("feature", "image")
+STYLE_POINTS = ("stage", "embed")  # segformer_*: stage 1's output | its patch embedding's (npdg.models.mit)
 LR_SCHEDULES = ("stage", "run")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
@@ -144,6 +145,9 @@ class Config:
     #   D-VAE style and a random one as far from the source, blended by a smooth random mask (a dsp_local x
     #   dsp_local grid of U(0, 1), bilinear to the feature map; the adversary ascends through the blend); 0 = one
     #   style per sample (the paper's)
+    style_point: str = "stage"  # segformer_* models: where the feature-level restyle (and npdg's sensitivity
+    #   restyle) acts: stage = stage 1's output (the default); embed = stage 1's patch embedding, before its
+    #   blocks (those blocks' heads / Mix-FFN channels then see the style change and get scores)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -271,6 +275,10 @@ class Config:
         _check_range(self, "dsp_colour", 0, 5)
         _check_range(self, "swa", 0, 1)
         _check_range(self, "dsp_local", 0, 64)  # grid cells per side; 0 = off
+        if self.style_point not in STYLE_POINTS:
+            raise ConfigError(f"style_point={self.style_point!r}: expected one of {', '.join(STYLE_POINTS)}")
+        if self.style_point != "stage" and not self.model.startswith("segformer"):
+            raise ConfigError(f"style_point={self.style_point}: segformer_* models only (model={self.model})")
         for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")

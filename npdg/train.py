@@ -85,7 +85,8 @@ def build_model(cfg: Config):
     from npdg.models import create_model
 
     return create_model(cfg.model, num_classes=cfg.num_classes, input_norm=cfg.input_norm,
-                        **({"pretrained": cfg.pretrained} if cfg.pretrained else {}))
+                        **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
+                        **({"style_point": cfg.style_point} if cfg.style_point != "stage" else {}))
 
 
 def eval_protocols(cfg: Config) -> dict:

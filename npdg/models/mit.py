@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from npdg.config import STYLE_POINTS
 from npdg.models.units import CoupledGroup, Gate, TensorSlice, UnitGroup, input_channels, sub_widths
 
 
@@ -197,11 +198,15 @@ class MiTBlock(nn.Module):
 class MiTStage(nn.Module):
     """Patch embedding + transformer blocks + LayerNorm; (N, C_in, H, W) -> (N, C, H/s, W/s)."""
 
-    def __init__(self, cin, dim, patch, stride, depth, num_heads, sr_ratio, mlp_ratio, drop_paths, widths):
+    def __init__(self, cin, dim, patch, stride, depth, num_heads, sr_ratio, mlp_ratio, drop_paths, widths,
+                 embed_tap=False):
         super().__init__()
         self.dim = dim  # dense stream width
         self.width = widths.get("residual", dim)  # kept stream width
         self.patch_embed = OverlapPatchEmbed(cin, dim, patch, stride, self.width)
+        # embed_tap: an identity on the patch embedding's tokens viewed as (N, C, H, W), a hook point before the
+        # blocks (``MixVisionTransformer(style_point="embed")``); None: no tap, the forward as ever
+        self.embed_tap = nn.Identity() if embed_tap else None
         self.blocks = nn.ModuleList(
             MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, drop_paths[j], sub_widths(widths, f"blocks.{j}"),
                      self.width)
@@ -211,6 +216,8 @@ class MiTStage(nn.Module):
 
     def forward(self, x):
         x, h, w = self.patch_embed(x)
+        if self.embed_tap is not None:  # tokens (N, L, C) as a strided (N, C, H, W) view; a hook may replace it
+            x = self.embed_tap(x.transpose(1, 2).reshape(x.shape[0], -1, h, w)).flatten(2).transpose(1, 2)
         for blk in self.blocks:
             x = blk(x, h, w)
         return self.norm(x).transpose(1, 2).reshape(x.shape[0], -1, h, w)
@@ -226,8 +233,12 @@ class MixVisionTransformer(nn.Module):
         mlp_ratio=4,
         drop_path_rate=0.1,
         widths=None,
+        style_point="stage",
     ):
         super().__init__()
+        if style_point not in STYLE_POINTS:
+            raise ValueError(f"style_point={style_point!r}: expected one of {', '.join(STYLE_POINTS)}")
+        self.style_point = style_point
         drop_paths = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, cin, start = [], 3, 0
         for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
@@ -244,6 +255,7 @@ class MixVisionTransformer(nn.Module):
                     mlp_ratio,
                     drop_paths[start : start + depth],
                     sub_widths(widths, f"stages.{i}"),
+                    embed_tap=(i == 0 and style_point == "embed"),
                 )
             )
             start += depth
@@ -259,7 +271,8 @@ class MixVisionTransformer(nn.Module):
 
     @property
     def style_layer(self) -> nn.Module:
-        return self.stages[0]
+        """Stage 1's output (``style_point="stage"``) or its patch embedding's, before its blocks ("embed")."""
+        return self.stages[0].embed_tap if self.style_point == "embed" else self.stages[0]
 
     def forward(self, x):
         feats = []

@@ -56,11 +56,15 @@ class SegFormerHead(nn.Module):
 
 
 class SegFormer(SegmentationModel):
-    def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None, input_norm=False):
-        super().__init__(num_classes, widths, input_norm, drop_path_rate=drop_path_rate)  # variant: implied by the name
+    def __init__(self, variant="b0", num_classes=19, drop_path_rate=0.1, widths=None, input_norm=False,
+                 style_point="stage"):
+        # variant: implied by the name; style_point stored only when not the default (older checkpoints rebuild)
+        point = {"style_point": style_point} if style_point != "stage" else {}
+        super().__init__(num_classes, widths, input_norm, drop_path_rate=drop_path_rate, **point)
         dims, depths, embed_dim = VARIANTS[variant]
         self.backbone = MixVisionTransformer(
-            dims, depths, drop_path_rate=drop_path_rate, widths=sub_widths(widths, "backbone")
+            dims, depths, drop_path_rate=drop_path_rate, widths=sub_widths(widths, "backbone"),
+            style_point=style_point,
         )
         self.head = SegFormerHead(self.backbone.out_channels, embed_dim, num_classes, sub_widths(widths, "head"))
         for m in self.head.modules():
@@ -91,8 +95,8 @@ class SegFormer(SegmentationModel):
 
 
 def _builder(variant):
-    def build(num_classes=19, drop_path_rate=0.1, widths=None, input_norm=False):
-        return SegFormer(variant, num_classes, drop_path_rate, widths, input_norm)
+    def build(num_classes=19, drop_path_rate=0.1, widths=None, input_norm=False, style_point="stage"):
+        return SegFormer(variant, num_classes, drop_path_rate, widths, input_norm, style_point)
 
     return build
 
