@@ -32,6 +32,9 @@ FINETUNE_ITERS = {"slimming": 150, "npdg": 200}  # finetune_iters = -1 resolves 
 INPUT_NORM = {"npdg": True}  # input_norm = None resolves to these, False for the other methods (see Config) ...
 # ... and off for a MiT (segformer_*) model: the same source-only gate on B0's own paired runs failed (three seeds,
 # source -1.84 [-4.20, +0.51] against input_norm off; dg_budget260/compare-segformer_b0-npdgIn-npdgPs2)
+STYLE_POINT_MIT = {"npdg": "embed"}  # style_point = "" resolves to these for a MiT model, "stage" otherwise: B0,
+# five paired seeds, source +0.46 [-0.25, +1.18] and style-shifted source val +0.94 [+0.22, +1.66] over "stage"
+# (dg_budget260/compare-segformer_b0-npdgEmbed-npdgEarlyresF75ps2, styleval05-segformer_b0.json)
 
 
 class ConfigError(ValueError, KeyError):
@@ -145,9 +148,10 @@ class Config:
     #   D-VAE style and a random one as far from the source, blended by a smooth random mask (a dsp_local x
     #   dsp_local grid of U(0, 1), bilinear to the feature map; the adversary ascends through the blend); 0 = one
     #   style per sample (the paper's)
-    style_point: str = "stage"  # segformer_* models: where the feature-level restyle (and npdg's sensitivity
-    #   restyle) acts: stage = stage 1's output (the default); embed = stage 1's patch embedding, before its
-    #   blocks (those blocks' heads / Mix-FFN channels then see the style change and get scores)
+    style_point: str = ""  # segformer_* models: where the feature-level restyle (and npdg's sensitivity restyle)
+    #   acts: stage = stage 1's output; embed = stage 1's patch embedding, before its blocks (those blocks' heads /
+    #   Mix-FFN channels then see the style change and get scores); "" = embed for npdg on a MiT model
+    #   (STYLE_POINT_MIT), stage otherwise (the baselines and the CNNs as before)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -192,6 +196,8 @@ class Config:
             self.iters = ITERS.get(self.method, 200)
         if self.input_norm is None:
             self.input_norm = INPUT_NORM.get(self.method, False) and not self.mit_model
+        if self.style_point == "":
+            self.style_point = STYLE_POINT_MIT.get(self.method, "stage") if self.mit_model else "stage"
         for name in ("iters", "batch_size", "num_classes", "train_num"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

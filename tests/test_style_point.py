@@ -92,6 +92,15 @@ def test_style_point_is_checked_and_reaches_the_model():
         create_model("segformer_b0", num_classes=5, style_point="input")
     from npdg.train import build_model
 
-    model = build_model(load_config(None, ["--model=segformer_b0", "--style_point=embed"]))
+    model = build_model(load_config(None, ["--model=segformer_b0", "--style_point=embed", "--method=dsp"]))
     assert model.style_layer is model.backbone.stages[0].embed_tap
-    assert build_model(load_config(None, ["--model=segformer_b0"])).backbone.stages[0].embed_tap is None
+    stage = load_config(None, ["--model=segformer_b0", "--style_point=stage"])
+    assert build_model(stage).backbone.stages[0].embed_tap is None
+
+
+@pytest.mark.parametrize("model,method,point", [("segformer_b0", "npdg", "embed"), ("segformer_b1", "npdg", "embed"),
+                                                ("segformer_b0", "dsp", "stage"), ("segformer_b0", "erm", "stage"),
+                                                ("deeplabv3plus_r18", "npdg", "stage")])
+def test_style_point_default_is_embed_for_npdg_on_a_mit(model, method, point):
+    cfg = load_config(None, [f"--model={model}", f"--method={method}"])
+    assert cfg.style_point == point
