@@ -18,7 +18,8 @@ Weights: each normalised by its layer mean (layers of different scale compare), 
 w = lam * unary + (1 - lam) * binary and rescaled to mean 1 over all units, so a style-sensitive unit gets
 a LARGER coefficient in the sparsity term. A zero layer mean (no unit varies, or binary of a one-unit layer)
 counts as the neutral 1. Units upstream of the perturbation point (e.g. ResNet layer1's inner channels,
-SegFormer stage-1 blocks: computed before ``style_layer`` returns, so they cannot see the perturbation)
+SegFormer stage-1 blocks with ``style_point="stage"``: computed before ``style_layer`` returns, so they cannot
+see the perturbation; ``"embed"``, npdg's MiT default, puts it before them)
 are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale -- unless the pass
 restyles colours too (``colour`` > 0: ``--dsp_colour``, unless ``--sens_colour=false``): then variants 1..K-1
 start as colour-restyled images (:func:`npdg.dsp.perturb.colour_restyle`), every unit sees them, and none is

@@ -4,7 +4,8 @@
 * ``prunable_units(residual=False) -> list[UnitGroup]`` (see ``units.py``); ``residual=True`` adds the
   coupled residual-stream groups of models whose ``supports_residual()`` is True
   (DeepLabV3+ ResNet, SegFormer).
-* ``style_layer``: the early backbone module (after the stem / first stage, output stride 4) whose
+* ``style_layer``: the early backbone module (after the stem / first stage, output stride 4; a MiT built with
+  ``style_point="embed"``: an identity on stage 1's patch embedding, before its blocks) whose
   output (N, ``style_channels``, H/4, W/4) a forward hook may replace to perturb feature style, e.g.
   ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.
 * ``arch_config()``: the plain-data constructor kwargs (incl. current ``widths``) that rebuild this
