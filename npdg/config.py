@@ -283,7 +283,7 @@ class Config:
         _check_range(self, "dsp_local", 0, 64)  # grid cells per side; 0 = off
         if self.style_point not in STYLE_POINTS:
             raise ConfigError(f"style_point={self.style_point!r}: expected one of {', '.join(STYLE_POINTS)}")
-        if self.style_point != "stage" and not self.model.startswith("segformer"):
+        if self.style_point != "stage" and not self.mit_model:
             raise ConfigError(f"style_point={self.style_point}: segformer_* models only (model={self.model})")
         for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
