@@ -148,6 +148,10 @@ class Config:
     #   D-VAE style and a random one as far from the source, blended by a smooth random mask (a dsp_local x
     #   dsp_local grid of U(0, 1), bilinear to the feature map; the adversary ascends through the blend); 0 = one
     #   style per sample (the paper's)
+    dsu: float = 0.0  # feature level: the restyled copies' per-channel statistics are also resampled at the deeper
+    #   stage outputs (model.deep_style_layers), each with this probability per step: mean + N(0, 1) x the batch's
+    #   spread of the means, std + N(0, 1) x the spread of the stds (DSU, Li et al., ICLR 2022), a perturbation
+    #   at more than one depth; clean rows, the adversary and the sensitivity passes untouched; 0 = none (the paper's)
     style_point: str = ""  # segformer_* models: where the feature-level restyle (and npdg's sensitivity restyle)
     #   acts: stage = stage 1's output; embed = stage 1's patch embedding, before its blocks (those blocks' heads /
     #   Mix-FFN channels then see the style change and get scores); "" = embed for npdg on a MiT model
@@ -281,11 +285,12 @@ class Config:
         _check_range(self, "dsp_colour", 0, 5)
         _check_range(self, "swa", 0, 1)
         _check_range(self, "dsp_local", 0, 64)  # grid cells per side; 0 = off
+        _check_range(self, "dsu", 0, 1)
         if self.style_point not in STYLE_POINTS:
             raise ConfigError(f"style_point={self.style_point!r}: expected one of {', '.join(STYLE_POINTS)}")
         if self.style_point != "stage" and not self.mit_model:
             raise ConfigError(f"style_point={self.style_point}: segformer_* models only (model={self.model})")
-        for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local"):  # options of FeatureDSP only
+        for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local", "dsu"):  # options of FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")
         if self.dsp_pixel and self.input_norm:

@@ -147,6 +147,37 @@ def split_bn_stats(model: nn.Module, n: int) -> Iterator[None]:
             del m.forward  # back to the class's forward
 
 
+def uncertain_stats(f: torch.Tensor, n: int, eps: float = 1e-6) -> torch.Tensor:
+    """``f`` (N, C, *spatial) with its first ``n`` rows' per-channel statistics resampled (DSU, Li et al. 2022):
+    x -> (x - mu) * s / sigma + mu + e_mu * S_mu with s = max(sigma + e_sigma * S_sigma, 0), e ~ N(0, 1) per (row,
+    channel), S_mu / S_sigma the std over all N rows of the per-channel means / stds (detached: how far styles
+    spread in this batch). Differentiable through x and its statistics; the other rows are returned unchanged."""
+    mean, std = style_stats(f)
+    with torch.no_grad():
+        spread_mean = (mean.var(0, unbiased=False) + eps).sqrt()
+        spread_std = (std.var(0, unbiased=False) + eps).sqrt()
+        noise = torch.randn(2, n, mean.shape[1], device=f.device, dtype=mean.dtype)
+    new_mean = mean[:n] + noise[0] * spread_mean
+    scale = (std[:n] + noise[1] * spread_std).clamp_min(0) / std[:n]
+    shape = (n, -1) + (1,) * (f.dim() - 2)
+    head = (f[:n] - mean[:n].view(shape).to(f.dtype)) * scale.view(shape).to(f.dtype) + new_mean.view(shape).to(f.dtype)
+    return torch.cat([head, f[n:]])
+
+
+@contextmanager
+def deep_uncertainty(model: nn.Module, n: int, p: float) -> Iterator[None]:
+    """Within the block, each of ``model.deep_style_layers`` (drawn with probability ``p``, once on entry) has
+    its output's first ``n`` rows passed through :func:`uncertain_stats`."""
+    layers = model.deep_style_layers
+    chosen = [layer for layer, u in zip(layers, torch.rand(len(layers)).tolist(), strict=True) if u < p]
+    handles = [layer.register_forward_hook(lambda module, inputs, out: uncertain_stats(out, n)) for layer in chosen]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def pixel_restyle(images: torch.Tensor, strength: float) -> torch.Tensor:
     """A random RGB style per image: AdaIN of the (normalised) images (n, 3, H, W) to their own channel means
     + strength x N(0, 1) and their channel stds x exp(strength x N(0, 1)); global RNG, no gradient. The
@@ -192,16 +223,18 @@ class FeatureDSP(nn.Module):
     colour: the restyled samples' input images first get a random colour matrix (:func:`colour_restyle`, this
     strength; after ``pixel``);
     local: > 0 = each restyled sample mixes its adversarial style with a random one over space (:meth:`local_mix`,
-    a local x local grid); 0 = one style per sample (the paper's).
+    a local x local grid); 0 = one style per sample (the paper's);
+    dsu: the training forward also resamples the restyled samples' statistics at each of
+    ``model.deep_style_layers`` with this probability per step (:func:`deep_uncertainty`); 0 = none (the paper's).
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
                  adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
                  copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0,
-                 local: int = 0, colour: float = 0.0):
+                 local: int = 0, colour: float = 0.0, dsu: float = 0.0):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"FeatureDSP: p must be in [0, 1], got {p}")
+        if not (0.0 <= p <= 1.0 and 0.0 <= dsu <= 1.0):
+            raise ValueError(f"FeatureDSP: p and dsu must be in [0, 1], got {p}, {dsu}")
         if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local, colour) < 0:
             raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local "
                              "and colour must be >= 0")
@@ -211,7 +244,7 @@ class FeatureDSP(nn.Module):
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
         self.split_bn, self.restyled_weight, self.pixel, self.local = split_bn, restyled_weight, pixel, local
-        self.colour = colour
+        self.colour, self.dsu = colour, dsu
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -438,6 +471,7 @@ class FeatureDSP(nn.Module):
             return f
 
         with perturbation(model, hook), split_bn_stats(model, n) if self.split_bn else nullcontext(), \
+                deep_uncertainty(model, n, self.dsu) if n > 0 and self.dsu > 0 else nullcontext(), \
                 autocast or nullcontext():
             logits = net(images)
         task, split = restyled_task_loss(loss_fn, logits, labels, n, self.restyled_weight)

@@ -8,6 +8,9 @@
   ``style_point="embed"``: an identity on stage 1's patch embedding, before its blocks) whose
   output (N, ``style_channels``, H/4, W/4) a forward hook may replace to perturb feature style, e.g.
   ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.
+* ``deep_style_layers``: the backbone modules after ``style_layer`` whose outputs (N, C, h, w) feed the next
+  stage -- every stage output after the style point but the last (ResNet layer2, layer3; VGG pool3, pool4;
+  MiT the stage outputs up to stage 3) -- the points where ``--dsu`` perturbs the restyled copies' statistics.
 * ``arch_config()``: the plain-data constructor kwargs (incl. current ``widths``) that rebuild this
   architecture via ``create_model(model.registry_name, **cfg)``; ``save_model`` stores them.
 * ``input_norm=True`` (every model): ``forward`` first standardises each image per channel over its pixels
@@ -94,3 +97,7 @@ class SegmentationModel(nn.Module):
     @property
     def style_channels(self) -> int:
         raise NotImplementedError
+
+    @property
+    def deep_style_layers(self) -> list[nn.Module]:
+        return self.backbone.deep_style_layers

@@ -274,6 +274,11 @@ class MixVisionTransformer(nn.Module):
         """Stage 1's output (``style_point="stage"``) or its patch embedding's, before its blocks ("embed")."""
         return self.stages[0].embed_tap if self.style_point == "embed" else self.stages[0]
 
+    @property
+    def deep_style_layers(self) -> list[nn.Module]:
+        """The stage outputs after the style point but the last: stages 1-3 ("embed") or 2-3 ("stage")."""
+        return list(self.stages[:-1]) if self.style_point == "embed" else list(self.stages[1:-1])
+
     def forward(self, x):
         feats = []
         for stage in self.stages:

@@ -152,6 +152,10 @@ class ResNet(nn.Module):
     def style_channels(self) -> int:
         return self.low_channels
 
+    @property
+    def deep_style_layers(self) -> list[nn.Module]:
+        return [self.layer2, self.layer3]
+
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         low = self.layer1(x)

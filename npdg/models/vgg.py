@@ -63,6 +63,11 @@ class VGG16BN(nn.Module):
         return self.features[self._pools[STYLE_POOL]]
 
     @property
+    def deep_style_layers(self) -> list[nn.Module]:
+        """pool3 and pool4 (an identity where the output stride removed the pool)."""
+        return [self.features[i] for i in self._pools[STYLE_POOL + 1:-1]]
+
+    @property
     def style_channels(self) -> int:
         return self.features[self._pools[STYLE_POOL] - 2].num_features
 
