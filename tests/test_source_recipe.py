@@ -200,7 +200,7 @@ def test_dsp_pixel_restyles_only_the_restyled_copies_inputs():
 PAPER_RECIPE = {"dsp_copy": False, "sens_scale": "output", "prune_sens": 0.0, "lr_schedule": "stage",
                 "dsp_weight": 0.0, "dsp_split_bn": False, "prune_fade": 0.0, "finetune_kd": 0.0,
                 "flops_target": 0.0, "dsp_pixel": 0.0, "swa": 0.0, "dsp_local": 0, "dsp_colour": 0.0,
-                "input_norm": False, "style_point": "stage"}
+                "input_norm": False, "style_point": "stage", "dsu": 0.0}
 
 
 @pytest.mark.parametrize("preset", [p for p in available_presets() if p.startswith("gta5_")])
