@@ -71,12 +71,11 @@ def test_uncertain_stats_gradient_flows_through_the_features_and_their_own_stati
 
 @pytest.mark.parametrize("name,kwargs,expected", [
     ("deeplabv3plus_r18", {}, lambda m: [m.backbone.layer2, m.backbone.layer3]),
-    ("deep_vgg16", {}, None),
+    ("deeplab_vgg16", {}, None),
     ("segformer_b0", {}, lambda m: [m.backbone.stages[1], m.backbone.stages[2]]),
     ("segformer_b0", {"style_point": "embed"}, lambda m: list(m.backbone.stages[:3])),
 ])
 def test_deep_style_layers_follow_the_style_point_and_stop_before_the_last_stage(name, kwargs, expected):
-    name = "deeplab_vgg16" if name == "deep_vgg16" else name
     model = create_model(name, num_classes=5, **kwargs)
     layers = model.deep_style_layers
     assert model.style_layer not in layers and len(layers) == 2 + (kwargs.get("style_point") == "embed")

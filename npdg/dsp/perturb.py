@@ -158,9 +158,8 @@ def uncertain_stats(f: torch.Tensor, n: int, eps: float = 1e-6) -> torch.Tensor:
         spread_std = (std.var(0, unbiased=False) + eps).sqrt()
         noise = torch.randn(2, n, mean.shape[1], device=f.device, dtype=mean.dtype)
     new_mean = mean[:n] + noise[0] * spread_mean
-    scale = (std[:n] + noise[1] * spread_std).clamp_min(0) / std[:n]
-    shape = (n, -1) + (1,) * (f.dim() - 2)
-    head = (f[:n] - mean[:n].view(shape).to(f.dtype)) * scale.view(shape).to(f.dtype) + new_mean.view(shape).to(f.dtype)
+    new_std = (std[:n] + noise[1] * spread_std).clamp_min(0)
+    head = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n].detach(), std[:n].detach()))
     return torch.cat([head, f[n:]])
 
 
