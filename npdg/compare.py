@@ -8,7 +8,9 @@
 A and B are globs (quote them: the shell must not expand them) of metrics.json files or run directories of
 ``python -m npdg.train``. Runs pair by ``config.seed``; a seed present in only one set is left out, and the
 output says so. A pair whose total optimiser steps differ (metrics.json ``steps``: train + finetune) is
-refused unless --allow_unequal: train every method with the same ``--budget`` for a fair comparison.
+refused unless --allow_unequal: train every method with the same ``--budget`` for a fair comparison. Runs
+scored under different mIoU definitions (metrics.json ``miou_definition``; files without it used the legacy one,
+see :mod:`npdg.metrics`) are never compared; the output names the definition.
 
 Compared (final model, mIoU in percent): the source val split (``final.miou[config.source]``), the mean
 over unseen domains (``unseen_mean.final``) and each target domain. For each: the per-seed values, the mean
@@ -57,7 +59,9 @@ def _steps(m: dict, cfg: dict) -> dict:
 
 
 def load_run(path: str | Path) -> dict:
-    """One finished run: {file, method, seed, source, targets, source_miou, unseen, target_miou, steps}."""
+    """One finished run: {file, method, seed, source, targets, source_miou, unseen, target_miou, steps,
+    miou_definition}."""
+    from npdg.metrics import LEGACY_DEFINITION
     from npdg.report import read_finished_run
 
     def extract(file, m, cfg):
@@ -69,7 +73,7 @@ def load_run(path: str | Path) -> dict:
                 "unseen": _number(m["unseen_mean"]["final"], "unseen_mean.final"),
                 "target_miou": {t: None if miou.get(t) is None else _number(miou[t], f"final.miou[{t!r}]")
                                 for t in targets},
-                "steps": _steps(m, cfg)}
+                "steps": _steps(m, cfg), "miou_definition": m.get("miou_definition", LEGACY_DEFINITION)}
 
     return read_finished_run(path, extract)
 
@@ -125,6 +129,11 @@ def compare(a_pattern: str, b_pattern: str, allow_unequal: bool = False) -> dict
     if not seeds:
         raise cli.UsageError(f"no shared seeds: A ({a_pattern}) has seeds {sorted(a_runs)}, "
                              f"B ({b_pattern}) has {sorted(b_runs)}")
+    definitions = {r["miou_definition"] for r in [*a_runs.values(), *b_runs.values()]}
+    if len(definitions) > 1:
+        raise cli.UsageError("the runs were scored under different mIoU definitions (" + ", ".join(
+            f"{d}: {', '.join(r['file'] for r in [*a_runs.values(), *b_runs.values()] if r['miou_definition'] == d)}"
+            for d in sorted(definitions)) + "); re-evaluate or rerun one set")
     unequal = []
     for s in seeds:
         a, b = a_runs[s], b_runs[s]
@@ -151,6 +160,7 @@ def compare(a_pattern: str, b_pattern: str, allow_unequal: bool = False) -> dict
         "seeds": seeds, "left_out": {"a_only": a_only, "b_only": b_only},
         "steps": {str(s): {"a": a_runs[s]["steps"], "b": b_runs[s]["steps"]} for s in seeds},
         "unequal_steps": unequal, "source": a_runs[seeds[0]]["source"], "confidence": CONFIDENCE,
+        "miou_definition": definitions.pop(),
         "metrics": {"source": paired([a_runs[s]["source_miou"] for s in seeds],
                                      [b_runs[s]["source_miou"] for s in seeds]),
                     "unseen_mean": paired([a_runs[s]["unseen"] for s in seeds], [b_runs[s]["unseen"] for s in seeds])},
@@ -204,7 +214,8 @@ def markdown(result: dict) -> str:
     for name, st in rows:
         lines.append(f"| {name} | {_f(st['mean_a'])} | {_f(st['mean_b'])} | {_f(st['mean_diff'], True)} | "
                      f"{_interval(st)} | {st['n']} |")
-    lines += ["", "Interval: mean Δ ± t(0.975, n − 1) · sd / √n, sd of the per-seed differences over n − 1."]
+    lines += ["", "Interval: mean Δ ± t(0.975, n − 1) · sd / √n, sd of the per-seed differences over n − 1. "
+              f"mIoU definition: {result['miou_definition']} (npdg.metrics)."]
     return "\n".join(lines)
 
 

@@ -23,15 +23,18 @@ PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR
 
 
 ITERS = {"npdg": 60}  # iters = -1 resolves to these, 200 for the other methods (see Config)
-FLOPS_TARGET = {"npdg": 0.6}  # flops_target = -1 resolves to these when no ratio / threshold is given, else 0
+FLOPS_TARGET = {"npdg": 0.6, "slimming": 0.6}  # flops_target = -1 resolves to these when no ratio / threshold
+#   is given, else 0 (every pruning method to the same FLOPs, so the rows compare)
 # ... and for a MiT (segformer_*) model to this (the transformer's FLOPs bound of issue 16; its attention and
 # embeddings are not prunable, so 0.6 took half the units without the streams): with --prune_residual,
 # three paired seeds, +0.83 [-0.93, +2.59] source over 0.6 (dg_budget260/compare-segformer_b0-npdgEarlyresF75-*)
 FLOPS_TARGET_MIT = 0.75
 FINETUNE_ITERS = {"slimming": 150, "npdg": 200}  # finetune_iters = -1 resolves to these (see Config)
-INPUT_NORM = {"npdg": True}  # input_norm = None resolves to these, False for the other methods (see Config) ...
-# ... and off for a MiT (segformer_*) model: the same source-only gate on B0's own paired runs failed (three seeds,
-# source -1.84 [-4.20, +0.51] against input_norm off; dg_budget260/compare-segformer_b0-npdgIn-npdgPs2)
+BUDGET = 260  # budget = -1 resolves to this when iters is not given: every method's default run spends the same
+#   optimiser steps in all (issue 32: a default only one method gets shows up as that method's gain)
+INPUT_NORM_MIT = False  # input_norm = None resolves to on for every method on a CNN, to this on a MiT (segformer_*)
+#   model: the source-only gate on B0's own paired runs failed (three seeds, source -1.84 [-4.20, +0.51] against
+#   input_norm off; dg_budget260/compare-segformer_b0-npdgIn-npdgPs2)
 STYLE_POINT_MIT = {"npdg": "embed"}  # style_point = "" resolves to these for a MiT model, "stage" otherwise: B0,
 # five paired seeds, source +0.46 [-0.25, +1.18] and style-shifted source val +0.94 [+0.22, +1.66] over "stage"
 # (dg_budget260/compare-segformer_b0-npdgEmbed-npdgEarlyresF75ps2, styleval05-segformer_b0.json)
@@ -53,9 +56,8 @@ class Config:
     pretrained: str = ""  # local ImageNet backbone state dict ("" = random init; no downloads)
     input_norm: bool | None = None  # the model standardises each input image per channel over its pixels before
     #   its first layer (instance normalisation of the input; part of the model, saved and exported); false = the
-    #   paper's; none = the method's default: on for npdg since 2026-11-30 (five paired seeds, source +0.79
-    #   [-0.18, +1.77] over the previous default, the rule fixed beforehand; dg_budget260/compare5-npdgIn-npdgPs2),
-    #   off for erm / slimming / dsp (the baselines stay the plain ones) and for MiT models (see INPUT_NORM)
+    #   paper's; none = on for every method on a CNN (since issue 32; npdg had it alone from 2026-11-30: five paired
+    #   seeds, source +0.79 [-0.18, +1.77]; ERM gains +11.9 unseen from it), off on a MiT model (INPUT_NORM_MIT)
 
     # --- data: the embedded synthetic benchmark by default; any eval SPEC works for targets
     source: str = "synthetic:source"  # training domain (SPEC, see npdg.eval --help)
@@ -70,13 +72,15 @@ class Config:
     val_num: int = 60  # images per evaluated domain (synthetic) / cap for on-disk (0 = all)
 
     # --- optimisation (SGD + poly schedule, as in the DG-segmentation literature)
-    iters: int = -1  # optimiser steps of the (sparse) training stage; -1 = the method's default: 200, npdg 60 (it
+    iters: int = -1  # optimiser steps of the (sparse) training stage; -1 = the default budget's split (260 steps in
+    #   all: erm / dsp 260, slimming 110 + 150 fine-tuning, npdg 60 + 200), or with budget 0: 200, npdg 60 (npdg
     #   prunes early and trains the compact network with DSP for its 200 fine-tuning steps: at 260 steps final
     #   source +2.59 over pruning at step 200, ten paired seeds in dg_budget260/compare10-npdgEarly-npdgW05.md)
-    budget: int = 0  # > 0: optimiser steps of the whole run, equal for every method (fair comparisons): a
+    budget: int = -1  # > 0: optimiser steps of the whole run, equal for every method (fair comparisons): a
     #   pruning method trains budget - finetune_iters steps and fine-tunes finetune_iters, a method without a
     #   prune trains all budget steps; validate() then sets iters to the train stage's length (so the poly
-    #   schedule, dsp_warmup and sens_every follow the stage that runs). 0 = off: train iters, then fine-tune
+    #   schedule, dsp_warmup and sens_every follow the stage that runs). 0 = off: train iters, then fine-tune.
+    #   -1 = the default: BUDGET (260) when iters is not given, else off
     optimizer: str = "sgd"  # sgd (momentum) | adamw (SegFormer's recipe)
     batch_size: int = 8
     lr: float = 0.01
@@ -196,10 +200,12 @@ class Config:
     def validate(self) -> Config:
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.budget == -1:  # (before iters resolves: a given iters turns the default budget off)
+            self.budget = BUDGET if self.iters == -1 else 0
         if self.iters == -1:
             self.iters = ITERS.get(self.method, 200)
         if self.input_norm is None:
-            self.input_norm = INPUT_NORM.get(self.method, False) and not self.mit_model
+            self.input_norm = INPUT_NORM_MIT if self.mit_model else True
         if self.style_point == "":
             self.style_point = STYLE_POINT_MIT.get(self.method, "stage") if self.mit_model else "stage"
         for name in ("iters", "batch_size", "num_classes", "train_num"):
@@ -246,7 +252,8 @@ class Config:
         if self.exact_ratio and self.threshold > 0:
             raise ConfigError("exact_ratio needs ratio (threshold > 0 removes units below it; no target count)")
         if self.budget < 0:
-            raise ConfigError(f"budget must be >= 0 (0 = off), got {self.budget}")
+            raise ConfigError(f"budget must be >= 0 (0 = off; -1 = the default, {BUDGET} unless iters is given), "
+                              f"got {self.budget}")
         if self.budget and self.prunes and self.budget <= self.finetune_iters:
             raise ConfigError(f"budget={self.budget} must exceed finetune_iters={self.finetune_iters}: "
                               f"method={self.method} fine-tunes that many of its budget steps")

@@ -4,23 +4,29 @@
     for logits, labels in batches:
         cm.update(logits.argmax(1), labels)
     cm.all_reduce()          # sums over processes when torch.distributed is initialised
-    cm.summary()             # {"miou": percent, "per_class": {name: percent or None}}
+    cm.summary()             # {"miou": percent, "per_class": {name: percent or None}, "miou_definition": ...}
 
 Conventions:
 - ``mat[t, p]`` counts pixels of ground-truth class t predicted as p (int64, via ``torch.bincount``).
   Pixels whose label is ``ignore_index`` are skipped; any other label outside [0, num_classes) is an
   error, never silently dropped.
-- IoU_c = TP / (TP + FP + FN). A class with no ground-truth pixel in the evaluated data is *absent*:
-  its IoU is NaN (``None`` in summaries/JSON) and it is excluded from the mean, even if it was
-  predicted somewhere (those false positives still lower the IoU of the true classes at those pixels).
-  This gives the customary 16-class mIoU on SYNTHIA and equals the official Cityscapes number on any
-  set where every class occurs.
+- The field's definition (``MIOU_DEFINITION``), as the official Cityscapes scripts
+  (``evalPixelLevelSemanticLabeling``) and mmseg's ``IoUMetric`` compute it: IoU_c = TP / (TP + FP + FN)
+  with the counts accumulated over the whole evaluated set. A class is *undefined* (NaN, ``None`` in
+  summaries/JSON) and left out of the mean only when TP + FP + FN = 0: neither in the labels nor
+  predicted. A class predicted but absent from the labels scores 0 (TP = 0, FP > 0) and counts.
+  (Before 2026-12-05 the project left out every class without ground truth, ``LEGACY_DEFINITION``,
+  which flatters a model that predicts classes the labels lack; result files of that time say so.)
 - ``miou()`` returns a fraction in [0, 1]; ``summary()`` reports percent.
 """
 
 import torch
 
 from npdg.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+
+# what every summary / metrics.json records under "miou_definition" (tables built from files say which they used)
+MIOU_DEFINITION = "standard"  # IoU_c = TP/(TP+FP+FN) over the dataset, undefined only if TP+FP+FN = 0
+LEGACY_DEFINITION = "labels_present"  # before 2026-12-05: classes without ground truth left out
 
 
 class ConfusionMatrix:
@@ -69,15 +75,14 @@ class ConfusionMatrix:
         return self
 
     def iou(self):
-        """Per-class IoU as float64 (num_classes,), NaN for absent classes (no ground-truth pixel)."""
+        """Per-class IoU as float64 (num_classes,): TP / (TP + FP + FN), NaN only where TP + FP + FN = 0."""
         mat = self.mat.double()
         tp = mat.diag()
-        gt, pred = mat.sum(1), mat.sum(0)
-        iou = tp / (gt + pred - tp).clamp_min(1)
-        return torch.where(gt > 0, iou, torch.full_like(iou, float("nan")))
+        union = mat.sum(1) + mat.sum(0) - tp  # TP + FN + FP
+        return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
 
     def miou(self):
-        """Mean IoU over present classes, fraction in [0, 1] (NaN when no pixel was evaluated)."""
+        """Mean IoU over the defined classes, fraction in [0, 1] (NaN when no pixel was evaluated)."""
         iou = self.iou()
         present = ~iou.isnan()
         return iou[present].mean().item() if present.any() else float("nan")
@@ -87,13 +92,14 @@ class ConfusionMatrix:
         return self.mat.diag().sum().item() / total if total else float("nan")
 
     def summary(self, class_names=None):
-        """{"miou": percent, "per_class": {name: percent or None (absent)}}."""
+        """{"miou": percent, "per_class": {name: percent or None (undefined)}, "miou_definition": str}."""
         names = class_names or (CLASSES if self.num_classes == NUM_CLASSES else
                                 [str(i) for i in range(self.num_classes)])
         iou = self.iou().tolist()
         miou = self.miou()
         per_class = {name: (None if v != v else 100.0 * v) for name, v in zip(names, iou, strict=True)}
-        return {"miou": None if miou != miou else 100.0 * miou, "per_class": per_class}
+        return {"miou": None if miou != miou else 100.0 * miou, "per_class": per_class,
+                "miou_definition": MIOU_DEFINITION}
 
 
 def mean_iou(pred, target, num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX):

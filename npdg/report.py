@@ -1,7 +1,8 @@
 """The end of a training run: evaluate dense.pt and final.pt, write metrics.json, report.md and plots.
 
 metrics.json:
-    {"method", "model", "miou_unit": "percent", "flops_unit": "FLOPs (a multiply-add counts 2)",
+    {"method", "model", "miou_unit": "percent", "miou_definition": "standard" (npdg.metrics.MIOU_DEFINITION;
+     files without the key used the legacy one), "flops_unit": "FLOPs (a multiply-add counts 2)",
      "dense": {"flops", "params", "miou": {SPEC: percent}, "per_class": {SPEC: {class: percent|null}}},
      "final": {... same ..., "widths": {group: kept units}, "sizes": {group: dense units}},
      "unseen_mean": {"dense": ..., "final": ...}, "steps": {"train": N, "finetune": M},
@@ -73,7 +74,9 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     from npdg.train import eval_protocols
 
     h, w = flops_size(cfg)
-    metrics = {"method": cfg.method, "model": cfg.model, "miou_unit": "percent",
+    from npdg.metrics import MIOU_DEFINITION
+
+    metrics = {"method": cfg.method, "model": cfg.model, "miou_unit": "percent", "miou_definition": MIOU_DEFINITION,
                "flops_unit": f"FLOPs at {h}x{w}, batch 1 (a multiply-add counts 2)",
                "eval_protocol": {spec: str(p) for spec, p in eval_protocols(cfg).items()},
                "eval_sizes": {spec: r["sizes"] for spec, r in dense_res.items()},
@@ -228,6 +231,8 @@ def compare_runs(metrics_files) -> str:
     mean over unseen domains, and final FLOPs / params relative to dense. Runs that differ only in the seed
     (same method and λ) also get a row of their means, after the per-seed rows."""
 
+    from npdg.metrics import LEGACY_DEFINITION
+
     runs, specs = [], None
 
     def row(file, m, cfg):
@@ -236,6 +241,7 @@ def compare_runs(metrics_files) -> str:
         f, d = m["final"], m["dense"]
         return {"name": f"{m['method']}" + (f" λ={cfg['lam']}" if m["method"] == "npdg" else ""),
                 "seed": cfg["seed"], "miou": [f["miou"].get(s) for s in specs],
+                "definition": m.get("miou_definition", LEGACY_DEFINITION),
                 "unseen": m["unseen_mean"]["final"], "flops": (f["flops"], f["flops"] / d["flops"]),
                 "params": (f["params"], f["params"] / d["params"])}
 
@@ -265,7 +271,10 @@ def compare_runs(metrics_files) -> str:
     short = [s.split(":", 1)[-1] for s in specs or []]
     head = ["| run | " + " | ".join(short) + " | unseen mean | final GFLOPs (vs dense) | final params M (vs dense) |",
             "|---|" + "---:|" * (len(short) + 3)]
-    return "\n".join(head + rows)
+    definitions = sorted({r["definition"] for r in runs if "definition" in r})
+    note = f"mIoU definition: {', '.join(definitions)} (npdg.metrics)" + (
+        " — MIXED: these rows are not comparable" if len(definitions) > 1 else "")
+    return "\n".join(head + rows + ["", note])
 
 
 def main(argv=None) -> int:

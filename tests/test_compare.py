@@ -145,7 +145,7 @@ def test_budget_gives_every_method_the_same_total_steps(tmp_path, capsys):
 @pytest.mark.parametrize("bad, message", [
     (["--method=npdg", "--budget=2", "--finetune_iters=2"], "budget=2 must exceed finetune_iters=2"),
     (["--method=slimming", "--finetune_iters=-1", "--budget=100"], "budget=100 must exceed finetune_iters=150"),
-    (["--budget=-1"], "budget must be >= 0"),
+    (["--budget=-2"], "budget must be >= 0"),
 ])
 def test_bad_budget_is_a_config_error(tmp_path, capsys, bad, message):
     from test_train import TINY

@@ -6,14 +6,15 @@ from npdg.metrics import ConfusionMatrix, format_table, mean_iou
 
 
 def brute_force_iou(pred, target, n, ignore=255):
-    """Per-class IoU by set counting in float64 numpy; NaN where the class has no ground truth."""
+    """Per-class IoU by set counting in float64 numpy; NaN only where the class is neither in the labels nor
+    predicted (an empty union: TP + FP + FN = 0)."""
     keep = target != ignore
     pred, target = pred[keep], target[keep]
     out = np.full(n, np.nan)
     for c in range(n):
         inter = np.sum((pred == c) & (target == c))
         union = np.sum((pred == c) | (target == c))
-        if np.sum(target == c) > 0:
+        if union > 0:
             out[c] = inter / union
     return out
 
@@ -28,13 +29,24 @@ def test_hand_computed_example():
     iou = cm.iou()
     # class 0: tp 1, fp 2 (from 1 and 2), fn 1 -> 1/4; class 1: tp 2, fp 1, fn 1 -> 1/2; class 2: 1/2
     assert iou[:3].tolist() == pytest.approx([0.25, 0.5, 0.5])
-    assert torch.isnan(iou[3])  # absent class excluded
+    assert torch.isnan(iou[3])  # neither in the labels nor predicted: undefined, left out
     assert cm.miou() == pytest.approx((0.25 + 0.5 + 0.5) / 3)
     assert cm.pixel_accuracy() == pytest.approx(4 / 7)
     summary = cm.summary(["a", "b", "c", "d"])
     assert summary["miou"] == pytest.approx(100 * 1.25 / 3)
-    assert summary["per_class"]["d"] is None
+    assert summary["per_class"]["d"] is None and summary["miou_definition"] == "standard"
 
+
+def test_a_class_predicted_but_absent_from_the_labels_scores_zero_and_counts():
+    """The field's mIoU (cityscapesscripts, mmseg IoUMetric): TP = 0, FP > 0 gives IoU 0, which lowers the mean;
+    the legacy mean over classes present in the labels left it out (19.24 vs 16.04 on the issue's fog images)."""
+    target = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 0, 1, 2]])  # class 2 predicted once, not in the labels; class 3 nowhere
+    cm = ConfusionMatrix(num_classes=4).update(pred, target)
+    iou = cm.iou()
+    assert iou[:3].tolist() == [1.0, 0.5, 0.0] and torch.isnan(iou[3])
+    assert cm.miou() == pytest.approx(1.5 / 3)  # not 1.5 / 2
+    assert cm.summary(["a", "b", "c", "d"])["per_class"]["c"] == 0.0
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_brute_force_on_random_labels(seed):
@@ -42,15 +54,17 @@ def test_matches_brute_force_on_random_labels(seed):
     n = 19
     target = rng.integers(0, n, (3, 37, 53))
     target[rng.random(target.shape) < 0.1] = 255
-    target[target == 7] = 3  # make one class absent from the ground truth
+    target[target == 7] = 3  # one class absent from the ground truth but predicted: IoU 0
+    target[target == 11] = 4  # one class neither in the labels nor predicted: undefined
     pred = rng.integers(0, n, target.shape)
+    pred[pred == 11] = 5
     cm = ConfusionMatrix(n)
     for b in range(3):  # accumulate batch by batch
         cm.update(torch.from_numpy(pred[b]), torch.from_numpy(target[b]))
     expected = brute_force_iou(pred, target, n)
     got = cm.iou().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-12, equal_nan=True)
-    assert np.isnan(got[7])
+    assert got[7] == 0 and np.isnan(got[11])
     assert cm.miou() == pytest.approx(np.nanmean(expected), rel=1e-12)
 
 

@@ -41,6 +41,9 @@ CITYSCAPES_ID_TO_TRAIN = {
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 CITYSCAPES_LUT = make_lut(CITYSCAPES_ID_TO_TRAIN, 256, default=UNDEFINED)
+# train id -> Cityscapes label id: how predictions are written for the Cityscapes benchmark / cityscapesscripts
+TRAIN_TO_CITYSCAPES_ID = np.array([raw for raw, _ in sorted(CITYSCAPES_ID_TO_TRAIN.items(), key=lambda kv: kv[1])],
+                                  dtype=np.uint8)
 CITYSCAPES_LUT[:34][CITYSCAPES_LUT[:34] == UNDEFINED] = IGNORE_INDEX
 
 # SYNTHIA RAND-CITYSCAPES class ids (0..22, from its README) -> train ids. This is the usual mapping
