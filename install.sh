@@ -16,7 +16,7 @@ pip() { python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNI
 pip install --upgrade pip setuptools wheel
 python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
 pip install ninja pybind11 numpy tqdm PyYAML matplotlib Pillow scipy "triton>=3.0" \
-    pytest pytest-benchmark hypothesis onnx onnxscript onnxruntime
+    pytest pytest-benchmark hypothesis onnx onnxscript onnxruntime cityscapesscripts
 MAX_JOBS=${MAX_JOBS:-2} python -m pip --disable-pip-version-check install -q -e . 2>&1 \
     | grep -v "^WARNING: Location" || true
 python -c "import npdg, npdg._ext as e; print('npdg', npdg.__version__, '| extension:', 'built' if e.available() else 'MISSING')"

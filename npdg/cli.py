@@ -90,12 +90,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from npdg.checkpoint import CheckpointError
     from npdg.config import ConfigError
     from npdg.data import DatasetError, SpecError
+    from npdg.data.predictions import PredictionError
     from npdg.models.pretrained import PretrainedError
     from npdg.models.registry import UnknownModelError
     from npdg.pruning import PruningError
 
     return (UsageError, CheckpointError, ConfigError, DatasetError, SpecError, UnknownModelError, PruningError,
-            PretrainedError,
+            PretrainedError, PredictionError,
             FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 

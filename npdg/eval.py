@@ -7,11 +7,22 @@
 
     python -m npdg.eval --checkpoint runs/x/final.pt --data synthetic:source --size 96x192 --num 60 \\
         --restyle 0.5      # a style-shifted source val: each image in a fixed random RGB style
+    python -m npdg.eval --checkpoint runs/x/final.pt --data cityscapes:/data/cs --save_pred preds/
+                           # + one PNG per image in the dataset's own encoding (Cityscapes label ids)
 
 The JSON is ``{SPEC: {"miou": percent, "per_class": {class: percent or null}, "protocol": str,
-"sizes": [[H, W], ...]}}`` (the protocol and the input sizes the images were scored at); null marks a class
-with no ground-truth pixel (excluded from the mean, see :mod:`npdg.metrics`). From Python, the same
-numbers come from :func:`evaluate`, which the training CLI also calls.
+"sizes": [[H, W], ...], "miou_definition": "standard"}}`` (the protocol and the input sizes the images were scored
+at); the mIoU is the field's (cityscapesscripts, mmseg): IoU = TP / (TP + FP + FN) over the dataset, a class
+predicted but absent from the labels scores 0, null marks a class neither in the labels nor predicted (left out
+of the mean, see :mod:`npdg.metrics`). From Python, the same numbers come from :func:`evaluate`, which the
+training CLI also calls.
+
+``--save_pred DIR`` also writes one prediction per image into DIR/<SPEC as a folder name>/ in the encoding of
+its dataset (:mod:`npdg.data.predictions`: Cityscapes / GTA5 label ids named after the image, as the Cityscapes
+benchmark server and cityscapesscripts expect; train ids for BDD100K, folder and synthetic data) and
+DIR/predictions.json (SPEC -> folder, encoding, protocol, files). DIR must be new or empty; a dataset whose
+encoding cannot be written back (Mapillary, SYNTHIA) or a protocol that resizes on-disk images is refused
+before any work.
 """
 
 import argparse
@@ -94,8 +105,8 @@ def _collate(samples):
 @torch.no_grad()
 def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, window=None, stride=None,
              num_workers=0, num_classes=NUM_CLASSES, class_names=CLASSES, progress=True, desc=None,
-             distributed=False, amp=False):
-    """mIoU of ``model`` on ``dataset`` -> {"miou": percent, "per_class": {name: percent or None}}.
+             distributed=False, amp=False, on_pred=None):
+    """mIoU of ``model`` on ``dataset`` -> {"miou": percent, "per_class": {name: percent or None}, ...}.
 
     ``dataset`` yields (normalized image (3, H, W), int64 label (H, W), 255 = ignore), e.g. from
     :func:`npdg.data.build_dataset`. ``sliding=True`` evaluates ``window`` (H, W) crops every
@@ -104,7 +115,8 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
     world_size-th sample and the confusion matrices are summed, so all ranks return the full result;
     the default evaluates the whole dataset locally with no collective (safe to call on rank 0 only).
     ``amp=True`` runs the forward under bf16 autocast on a CUDA device (ignored on CPU; see
-    :func:`npdg.loop.amp_autocast`). The model's train/eval mode is restored afterwards.
+    :func:`npdg.loop.amp_autocast`). ``on_pred(index, pred)`` (optional) gets each sample's index in
+    ``dataset`` and its (H, W) int64 train-id prediction. The model's train/eval mode is restored afterwards.
     """
     from npdg.loop import amp_autocast
 
@@ -124,18 +136,24 @@ def evaluate(model, dataset, batch_size=4, device="cpu", *, sliding=False, windo
     was_training = model.training
     model.eval()
     try:
+        position = 0
         for batch in tqdm(loader, desc=desc or "eval", disable=not progress or rank != 0, leave=False):
             groups = {}
-            for image, label in batch:  # stack same-size samples
-                groups.setdefault(tuple(image.shape), []).append((image, label))
+            for offset, (image, label) in enumerate(batch):  # stack same-size samples
+                groups.setdefault(tuple(image.shape), []).append((indices[position + offset], image, label))
+            position += len(batch)
             for size, items in groups.items():
                 sizes.add(size[-2:])
-                images = torch.stack([i for i, _ in items]).to(device)
-                labels = torch.stack([lab for _, lab in items]).to(device)
+                images = torch.stack([i for _, i, _ in items]).to(device)
+                labels = torch.stack([lab for _, _, lab in items]).to(device)
                 with amp_autocast(device, amp):
                     logits = (sliding_logits(model, images, window, stride, num_classes) if sliding
                               else _logits(model, images))
-                cm.update(logits.argmax(1), labels)
+                pred = logits.argmax(1)
+                cm.update(pred, labels)
+                if on_pred is not None:
+                    for (index, _, _), p in zip(items, pred, strict=True):
+                        on_pred(index, p)
     finally:
         model.train(was_training)
     if sharded:
@@ -172,6 +190,10 @@ def build_parser():
                    help="evaluate every image in a fixed random RGB style of strength A (per channel: mean + "
                         "A x N(0,1), std x exp(A x N(0,1)); seeded per image, the same for every model): a "
                         "style-shifted copy of a split, e.g. the source val, without any target domain (0 = off)")
+    p.add_argument("--save_pred", "--save-pred", type=Path, default=None, metavar="DIR",
+                   help="also write each image's prediction as a PNG in its dataset's own encoding (Cityscapes / "
+                        "GTA5: label ids, named for the benchmark server; BDD100K, folder, synthetic: train ids) "
+                        "into DIR/<SPEC>/; DIR must be new or empty (nothing is overwritten)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda[:i]")
     cli.add_debug(p)
     return p
@@ -205,12 +227,29 @@ def _protocol(spec, args):
     return proto
 
 
+def _prediction_writers(args, protocols) -> dict:
+    """{SPEC: PredictionWriter} for --save_pred, every refusal raised before any work (nothing created)."""
+    from npdg.data.predictions import PredictionError, PredictionWriter, folder_name
+
+    root = args.save_pred
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise PredictionError(f"--save_pred {root}: {'is a file' if not root.is_dir() else 'holds files already'}; "
+                              "predictions never overwrite anything: give a new or empty folder")
+    names = [folder_name(spec) for spec in args.data]
+    if len(set(names)) != len(names):
+        raise PredictionError(f"--save_pred {root}: two SPECs share the folder name of {names}; give each its own "
+                              "--save_pred run")
+    return {spec: PredictionWriter.for_spec(spec, protocols[spec], root / name)
+            for spec, name in zip(args.data, names, strict=True)}
+
+
 def _run(args) -> int:
     # everything that can fail on user input happens before the (long) evaluation
     device = cli.resolve_device(args.device)
     protocols = {spec: _protocol(spec, args) for spec in args.data}
     datasets = {spec: build_eval_dataset(spec, protocols[spec], split=args.split, num=args.num, seed=args.seed)
                 for spec in args.data}
+    writers = _prediction_writers(args, protocols) if args.save_pred else {}
     if args.restyle > 0:
         datasets = {spec: Restyled(ds, args.restyle, seed=args.seed) for spec, ds in datasets.items()}
     import npdg
@@ -221,8 +260,16 @@ def _run(args) -> int:
               "(a per-channel AdaIN of the image): expect the plain score", file=sys.stderr)
     results = {}
     for spec, ds in datasets.items():
+        on_pred = None
+        if spec in writers:
+            named = ds.dataset if isinstance(ds, Restyled) else ds
+            writer = writers[spec].open()
+
+            def on_pred(index, pred, writer=writer, named=named):
+                writer.write(named.name(index), pred)
+
         results[spec] = evaluate(model, ds, batch_size=args.batch_size, device=device,
-                                 num_workers=args.workers, desc=spec, **protocols[spec].eval_kwargs())
+                                 num_workers=args.workers, desc=spec, on_pred=on_pred, **protocols[spec].eval_kwargs())
         results[spec]["protocol"] = str(protocols[spec])
         if args.restyle > 0:
             results[spec]["restyle"] = args.restyle
@@ -231,6 +278,12 @@ def _run(args) -> int:
         styled = f", restyled at {args.restyle}" if args.restyle > 0 else ""
         print(f"{spec}: mIoU {shown} over {len(ds)} images (protocol {protocols[spec]}{styled})", file=sys.stderr)
     print(format_table(results))
+    if writers:
+        write_json(args.save_pred / "predictions.json", {
+            spec: {"folder": w.folder.name, "encoding": w.encoding, "protocol": str(protocols[spec]),
+                   "restyle": args.restyle, "files": [p.name for p in w.files]} for spec, w in writers.items()})
+        print(f"predictions: {sum(len(w.files) for w in writers.values())} files under {args.save_pred}",
+              file=sys.stderr)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, results)

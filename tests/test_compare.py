@@ -182,3 +182,22 @@ def test_a_comma_joins_globs_from_two_folders(tmp_path):
     assert r["seeds"] == [0, 1, 2, 3] and r["metrics"]["source"]["diff"] == [1.0, 2.0, 3.0, 4.0]
     with pytest.raises(Exception, match="nothing-\\*.json: no runs match"):
         compare(f"{a},{tmp_path / 'nothing-*.json'}", b)
+
+
+def test_runs_scored_under_different_miou_definitions_are_never_compared(tmp_path, capsys):
+    """A file without miou_definition used the legacy mean (classes present in the labels); pairing it with a
+    run of the standard mIoU would compare two metrics, so compare refuses and names both."""
+    a, b = _sets(tmp_path)
+    assert compare(a, b)["miou_definition"] == "labels_present"
+    for f in (tmp_path / "b").glob("*.json"):
+        f.write_text(json.dumps({**json.loads(f.read_text()), "miou_definition": "standard"}))
+    code = main([a, b, "--allow_unequal"])
+    err = capsys.readouterr().err
+    assert code == 2 and "different mIoU definitions" in err and "labels_present" in err and "standard" in err
+    for f in (tmp_path / "a").glob("*.json"):
+        f.write_text(json.dumps({**json.loads(f.read_text()), "miou_definition": "standard"}))
+    result = compare(a, b, allow_unequal=True)
+    assert result["miou_definition"] == "standard"
+    from npdg.compare import markdown
+
+    assert "mIoU definition: standard" in markdown(result)

@@ -25,7 +25,16 @@ def test_rows_then_seed_means(tmp_path):
     assert lines[2] == "| npdg λ=0.4 · seed 0 | 30.00 | 10.00 | **10.00** | 2.000 (50%) | 1.00 (50%) |"
     assert lines[5] == "| erm · seed 0 | 40.00 | 20.00 | **20.00** | 4.000 (100%) | 1.00 (50%) |"
     # only λ=0.4 npdg has two seeds; λ=1 and erm are alone and get no mean row
-    assert lines[6:] == ["| npdg λ=0.4 · mean of seeds 0, 1 | 32.00 | 11.50 | **11.50** | 2.500 (62%) | 1.00 (50%) |"]
+    assert lines[6:] == ["| npdg λ=0.4 · mean of seeds 0, 1 | 32.00 | 11.50 | **11.50** | 2.500 (62%) | 1.00 (50%) |",
+                         "", "mIoU definition: labels_present (npdg.metrics)"]  # files without the key: legacy
+
+
+def test_the_table_names_the_mIoU_definition_and_flags_a_mix(tmp_path):
+    old = _metrics(tmp_path / "a.json", "erm", 0, 40.0, 20.0, 4e9)
+    new = _metrics(tmp_path / "b.json", "erm", 1, 40.0, 20.0, 4e9)
+    new.write_text(json.dumps({**json.loads(new.read_text()), "miou_definition": "standard"}))
+    assert compare_runs([new]).splitlines()[-1] == "mIoU definition: standard (npdg.metrics)"
+    assert "MIXED" in compare_runs([old, new]).splitlines()[-1]
 
 
 def test_cli_prints_the_table_and_refuses_a_half_written_file(tmp_path, capsys):

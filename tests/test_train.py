@@ -211,8 +211,11 @@ def test_finetune_iters_default_per_method():
     npdg = load_config(overrides=["--method=npdg"])
     assert (npdg.iters, npdg.finetune_iters) == (60, 200)  # prunes early: the compact network trains with DSP
     assert load_config(overrides=["--method=npdg", "--iters=7"]).iters == 7
-    for method in ("erm", "dsp", "slimming"):
-        assert load_config(overrides=[f"--method={method}"]).iters == 200
+    for method in ("erm", "dsp"):  # the default budget: 260 steps in all (issue 32)
+        assert load_config(overrides=[f"--method={method}"]).iters == 260
+    assert load_config(overrides=["--method=slimming"]).iters == 110  # + 150 fine-tuning
+    for method in ("erm", "dsp", "slimming"):  # budget off: the per-method stage lengths
+        assert load_config(overrides=[f"--method={method}", "--budget=0"]).iters == 200
     assert load_config(overrides=["--method=slimming", "--finetune_iters=7"]).finetune_iters == 7
     assert load_config(overrides=["--preset=quick", "--method=slimming"]).finetune_iters == 20
 

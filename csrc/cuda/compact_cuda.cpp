@@ -2,8 +2,10 @@
 // path), descriptor table upload, one kernel launch (cuda/compact.cu), index-error report.
 // Compiled only in CUDA builds (setup.py defines NPDG_WITH_CUDA and adds csrc/cuda/*).
 //
-// Index values are checked by the kernel itself (a bad one is never dereferenced and sets an error
-// word), so the call syncs once on that word; the exact message is then rebuilt on the host.
+// Index values are checked on the host BEFORE the launch (compaction runs once per prune: copying the
+// indices to the host costs nothing next to it), so a bad index never reaches a kernel and the error is
+// an IndexError naming the tensor, position and value. The kernel keeps its own guard (a bad index is
+// never dereferenced and sets an error word, read with one sync after the launch) as a second line.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -27,6 +29,7 @@ void run_cuda(const CompactPlan& plan, at::TensorList src) {
                 " but src[0] is on ", device, "; all tensors must share one device");
   }
   c10::cuda::CUDAGuard guard(device);
+  for (size_t t = 0; t < n; ++t) check_plan_indices(plan, t);  // before any launch: see the file comment
 
   // Table = descriptors, then per-tensor block offsets; uploaded with one async copy from pinned
   // memory (the caching host allocator keeps the buffer alive until the copy is done).
@@ -50,13 +53,9 @@ void run_cuda(const CompactPlan& plan, at::TensorList src) {
       c10::cuda::getCurrentCUDAStream(device.index()).stream());
   TORCH_CHECK(failure == nullptr, plan.op, ": CUDA kernel launch failed: ", failure);
 
-  const bool kernel_saw_bad_index = error.item<int64_t>() != -1;  // the one sync; ~0 == all good
-  for (size_t t = 0; t < n; ++t) {
-    // Tensors with no output elements never had their indices read by the kernel.
-    if (kernel_saw_bad_index || plan.descs[t].numel == 0) check_plan_indices(plan, t);
-  }
+  const bool kernel_saw_bad_index = error.item<int64_t>() != -1;  // ~0 == all good
   TORCH_CHECK(!kernel_saw_bad_index, plan.op, ": the kernel reported an out-of-range index that the host "
-              "check did not find (internal error)");
+              "check before the launch did not find (internal error)");
 }
 
 at::Tensor compact_cuda(const at::Tensor& src, const std::optional<at::Tensor>& out_index,
