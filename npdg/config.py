@@ -133,6 +133,12 @@ class Config:
     #   paper's (restyled samples replace them). Default since issue 16: with sens_scale=relative and
     #   prune_sens=1, final source +3.47 [+1.71, +5.23] over the paper's recipe (5 seeds, equal budget, source
     #   val; benches/results/dg_budget260/compare5-npdgB-npdg.md)
+    dsp_branch: bool = False  # with dsp_copy: the restyled copies branch off the clean samples' features at the
+    #   style point (the layers before it run once, on the clean batch) instead of running those layers again on
+    #   copies of the inputs; the BatchNorm layers before the style point then normalise over the distinct images
+    #   only (a throughput lever of issue 33, see npdg.dsp.perturb.FeatureDSP)
+    adv_scale: float = 1.0  # the adversary ascends on the restyled samples resized by this factor (in (0, 1]; 1 = full
+    #   resolution): it searches per-channel statistics, which barely depend on resolution, at ~adv_scale² the cost
     dsp_split_bn: bool = False  # feature level: the restyled samples get their own BatchNorm batch statistics
     #   (shared γ/β; running statistics from the clean samples only); false = one batch (the paper's)
     dsp_weight: float = 0.5  # the clean samples' mean loss + dsp_weight x the restyled samples'
@@ -293,11 +299,21 @@ class Config:
         _check_range(self, "swa", 0, 1)
         _check_range(self, "dsp_local", 0, 64)  # grid cells per side; 0 = off
         _check_range(self, "dsu", 0, 1)
+        _check_range(self, "adv_scale", 0, 1, low_open=True)
+        if self.adv_scale != 1 and self.dsp_level != "feature":
+            raise ConfigError("adv_scale: feature-level DSP only (dsp_level=feature); the image-level generator's "
+                              "adversary keeps the full resolution")
+        if self.dsp_branch and not self.dsp_copy:
+            raise ConfigError("dsp_branch: the copies branch off at the style point; it needs dsp_copy=true")
+        for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn"):
+            if self.dsp_branch and getattr(self, name):
+                raise ConfigError(f"dsp_branch: {name} restyles or splits the copies before the style point, where "
+                                  "branched copies have no rows of their own; give one of them")
         if self.style_point not in STYLE_POINTS:
             raise ConfigError(f"style_point={self.style_point!r}: expected one of {', '.join(STYLE_POINTS)}")
         if self.style_point != "stage" and not self.mit_model:
             raise ConfigError(f"style_point={self.style_point}: segformer_* models only (model={self.model})")
-        for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local", "dsu"):  # options of FeatureDSP only
+        for name in ("dsp_pixel", "dsp_colour", "dsp_split_bn", "dsp_local", "dsu", "dsp_branch"):  # FeatureDSP only
             if getattr(self, name) and self.dsp_level != "feature":
                 raise ConfigError(f"{name}: feature-level DSP only (dsp_level=feature)")
         if self.dsp_pixel and self.input_norm:

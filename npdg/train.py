@@ -147,7 +147,8 @@ class Recipe:
                               adv_step_size=cfg.adv_step_size, eps_scale=cfg.eps_scale,
                               copy=cfg.dsp_copy, split_bn=cfg.dsp_split_bn,
                               restyled_weight=cfg.dsp_weight, pixel=cfg.dsp_pixel,
-                              local=cfg.dsp_local, colour=cfg.dsp_colour, dsu=cfg.dsu).to(self.ctx.device)
+                              local=cfg.dsp_local, colour=cfg.dsp_colour, dsu=cfg.dsu, branch=cfg.dsp_branch,
+                              adv_scale=cfg.adv_scale).to(self.ctx.device)
         self.dsp_opt = torch.optim.Adam(self.dsp.parameters(), lr=cfg.dsp_lr)
 
     @property

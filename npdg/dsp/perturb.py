@@ -177,6 +177,15 @@ def deep_uncertainty(model: nn.Module, n: int, p: float) -> Iterator[None]:
             h.remove()
 
 
+def resized(images: torch.Tensor, labels: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (bilinear) and labels (nearest: ignore pixels stay ignore) resized by ``scale`` (1: as they are)."""
+    if scale == 1:
+        return images, labels
+    size = [max(1, round(s * scale)) for s in images.shape[-2:]]
+    small = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return small, F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
 def pixel_restyle(images: torch.Tensor, strength: float) -> torch.Tensor:
     """A random RGB style per image: AdaIN of the (normalised) images (n, 3, H, W) to their own channel means
     + strength x N(0, 1) and their channel stds x exp(strength x N(0, 1)); global RNG, no gradient. The
@@ -224,16 +233,30 @@ class FeatureDSP(nn.Module):
     local: > 0 = each restyled sample mixes its adversarial style with a random one over space (:meth:`local_mix`,
     a local x local grid); 0 = one style per sample (the paper's);
     dsu: the training forward also resamples the restyled samples' statistics at each of
-    ``model.deep_style_layers`` with this probability per step (:func:`deep_uncertainty`); 0 = none (the paper's).
+    ``model.deep_style_layers`` with this probability per step (:func:`deep_uncertainty`); 0 = none (the paper's);
+    branch: with ``copy``, the restyled copies branch off the clean samples' features at ``style_layer`` (the
+    training forward runs the layers before it once, on the N clean images; the hook returns N + n rows) instead
+    of running those layers again on n copies of the inputs. The same features and gradients, except that the
+    BatchNorm layers before the style point normalise over the N distinct images (as ERM's do) instead of over
+    N + n rows that count n of them twice. Every model here feeds nothing from before its style point past it;
+    a model that did would fail the batch-size check of the training forward;
+    adv_scale: the adversary's ascent runs on the restyled samples resized by this factor (bilinear images,
+    nearest labels; 1 = full resolution): it searches a style latent (per-channel statistics, which barely
+    depend on resolution) at about adv_scale² of the cost.
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
                  adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
                  copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0,
-                 local: int = 0, colour: float = 0.0, dsu: float = 0.0):
+                 local: int = 0, colour: float = 0.0, dsu: float = 0.0, branch: bool = False,
+                 adv_scale: float = 1.0):
         super().__init__()
-        if not (0.0 <= p <= 1.0 and 0.0 <= dsu <= 1.0):
-            raise ValueError(f"FeatureDSP: p and dsu must be in [0, 1], got {p}, {dsu}")
+        if not (0.0 <= p <= 1.0 and 0.0 <= dsu <= 1.0 and 0.0 < adv_scale <= 1.0):
+            raise ValueError(f"FeatureDSP: p and dsu must be in [0, 1], adv_scale in (0, 1], got {p}, {dsu}, "
+                             f"{adv_scale}")
+        if branch and (not copy or pixel or colour or split_bn):
+            raise ValueError("FeatureDSP: branch needs copy, and no input-level restyle (pixel, colour) or split_bn "
+                             "(the copies' layers before the style point are the clean samples')")
         if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local, colour) < 0:
             raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local "
                              "and colour must be >= 0")
@@ -243,7 +266,7 @@ class FeatureDSP(nn.Module):
         self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
         self.log_gain = log_gain
         self.split_bn, self.restyled_weight, self.pixel, self.local = split_bn, restyled_weight, pixel, local
-        self.colour, self.dsu = colour, dsu
+        self.colour, self.dsu, self.branch, self.adv_scale = colour, dsu, branch, adv_scale
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -434,9 +457,13 @@ class FeatureDSP(nn.Module):
         n_total = images.shape[0]
         n = num_restyled(self.p if p is None else p, n_total)
         clean_from = 0  # the D-VAE learns the style statistics of f[clean_from:] (copies would count twice)
+        branch = self.branch and self.copy and n > 0  # the copies branch off at the style point (no input rows)
         if self.copy and n > 0:  # the whole clean batch stays; restyled copies of its first n go in front
-            images, labels = torch.cat([images[:n], images]), torch.cat([labels[:n], labels])
-            n_total, clean_from = n_total + n, n
+            labels = torch.cat([labels[:n], labels])
+            if not branch:
+                images = torch.cat([images[:n], images])
+                clean_from = n
+            n_total = n_total + n
         if n > 0 and self.pixel > 0:  # the restyled samples' inputs first (the adversary ascends from there)
             images = torch.cat([pixel_restyle(images[:n], self.pixel), images[n:]])
         if n > 0 and self.colour > 0:
@@ -447,11 +474,13 @@ class FeatureDSP(nn.Module):
         delta = None
         if n > 0 and self.adv_steps > 0:
             m = min(n_total, max(n, 2))  # >= 2 samples through BN when the batch has them
-            delta, losses = self.adversarial_delta(model, images[:m], labels[:m], xi, loss_fn, autocast, local)
+            rows = torch.cat([images[:n], images[:m - n]]) if branch else images[:m]  # the copies' inputs first
+            adv_images, adv_labels = resized(rows, labels[:m], self.adv_scale)
+            delta, losses = self.adversarial_delta(model, adv_images, adv_labels, xi, loss_fn, autocast, local)
             logs["adv_loss0"] = losses[0]
             if self.log_gain:
                 with torch.no_grad(), frozen_bn_stats(model):
-                    after = self._restyled_loss(model, images[:m], labels[:m], xi, delta, loss_fn, autocast,
+                    after = self._restyled_loss(model, adv_images, adv_labels, xi, delta, loss_fn, autocast,
                                                 local=local)
                 logs["adv_gain"] = after - losses[0]
 
@@ -464,7 +493,7 @@ class FeatureDSP(nn.Module):
                     new_mean, new_std = self.styles(mean[:n], std[:n], xi, delta)
                 restyled = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n], std[:n]))
                 restyled = self.local_mix(restyled, f[:n], (mean[:n], std[:n]), local)
-                f = torch.cat([restyled, f[n:]])
+                f = torch.cat([restyled, f if branch else f[n:]])
             with torch.autocast(f.device.type, enabled=False):
                 dvae_out["loss"] = self.dvae.loss(mean[clean_from:], std[clean_from:], beta=self.beta)
             return f
@@ -473,6 +502,10 @@ class FeatureDSP(nn.Module):
                 deep_uncertainty(model, n, self.dsu) if n > 0 and self.dsu > 0 else nullcontext(), \
                 autocast or nullcontext():
             logits = net(images)
+        if logits.shape[0] != labels.shape[0]:
+            raise RuntimeError(f"FeatureDSP(branch=True): the training forward returned {logits.shape[0]} rows for "
+                               f"{labels.shape[0]} labels: this model feeds features from before its style layer "
+                               "past it; train it without branch")
         task, split = restyled_task_loss(loss_fn, logits, labels, n, self.restyled_weight)
         dvae_loss, parts = dvae_out["loss"]
         if split is not None:
