@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One-command GPU check for the target machine (H100/H200; Python 3.12, torch 2.11+cu130, triton 3.6,
 # no network). Builds the project with CUDA, runs the CUDA tests and the benches, and writes
-# JSON + a markdown summary into OUTDIR. Budget: about 7-8 minutes (time caps below sum to 685 s plus the
-# build, ~30 s; the first H200 run, 2026-11-30, took 410 s in all). OUTDIR gets eight files (the device
-# tool returns at most 8): summary.log, summary.md,
-# bench_{adain,sensitivity,prune,train,runtimes}.json, sweep_r50.json (the sweep's plot is not written:
-# its JSON has every number). bench_runtimes: dense vs pruned R50/R18/SegFormer-B0 in eager PyTorch and in
+# JSON + a markdown summary into OUTDIR. Budget: about 8-9 minutes (time caps below sum to ~775 s plus the
+# build, ~30 s; the first H200 run, 2026-11-30, took 410 s in all). OUTDIR gets three files (the device tool returns
+# few): summary.log, summary.md and results.tgz, which holds bench_{adain,sensitivity,prune,train,runtimes}.json,
+# step_breakdown.json (where an npdg step's time goes, issue 33) and sweep_r50.json (round_to 8 / 32 / 64; the
+# sweep's plot is not written: its JSON has every number). bench_runtimes: dense vs pruned R50/R18/SegFormer-B0 in eager PyTorch and in
 # ONNX Runtime's CUDA provider -- the ONNX Runtime rows only if onnxruntime-gpu (+ onnx, onnxscript) is
 # installed; otherwise the script says so and the rows are skipped, never failed.
 #
@@ -13,6 +13,7 @@
 set -uo pipefail
 out=${1:?usage: bash benches/gpu_check.sh OUTDIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 unset TRITON_INTERPRET NPDG_BENCH_QUICK
@@ -20,6 +21,8 @@ PY=${PYTHON:-python3}
 status=0
 t0=$SECONDS
 tmp=$(mktemp -d)
+res="$tmp/results"  # every JSON; bundled into $out/results.tgz at the end
+mkdir -p "$res"
 log() { echo "=== [$((SECONDS - t0))s] $*" | tee -a "$out/summary.log"; }
 
 log "environment"
@@ -45,7 +48,7 @@ bench() {  # bench NAME SECONDS FILES...
     local name=$1 cap=$2; shift 2
     log "bench $name"
     # SIGINT first: pytest stops like on Ctrl-C and pytest-benchmark still writes the rows it has.
-    timeout -s INT -k 15 "$cap" $PY -m pytest "$@" -q --benchmark-json="$out/bench_$name.json" --benchmark-min-rounds=5 \
+    timeout -s INT -k 15 "$cap" $PY -m pytest "$@" -q --benchmark-json="$res/bench_$name.json" --benchmark-min-rounds=5 \
         --benchmark-max-time=0.5 --benchmark-warmup=on --benchmark-columns=median,min,rounds \
         >"$tmp/bench_$name.log" 2>&1 || { status=1; tail -20 "$tmp/bench_$name.log" | tee -a "$out/summary.log"; }
 }
@@ -63,16 +66,25 @@ else
     log "onnxruntime-gpu / onnx / onnxscript not installed (no network here): ONNX Runtime rows skipped, eager rows only"
 fi
 bench runtimes 60 benches/bench_runtimes.py
+# ... and torch.compile rows for SegFormer-B0 (dense and pruned; the pruned one was slower than dense in eager)
+export NPDG_BENCH_COMPILE=1
+bench runtimes_compile 60 benches/bench_runtimes.py -k "compile and segformer_b0"
+unset NPDG_BENCH_COMPILE
+
+log "step breakdown (R50, SegFormer-B0; default / branch / branch + adv_scale 0.5)"
+timeout -s INT -k 10 90 $PY benches/step_breakdown.py --out "$res/step_breakdown.json" --repeats 3 2>&1 \
+    | tail -8 | tee -a "$out/summary.log" || status=1
 
 # FLOPs savings vs wall-clock on this GPU: random-γ sweep, interleaved timing, per-layer table at ratio 0.3
-log "profile sweep (deeplabv3plus_r50, bf16, channels_last, batch 8, 512x1024)"
+log "profile sweep (deeplabv3plus_r50, bf16, channels_last, batch 8, 512x1024, round_to 8 / 32 / 64)"
 timeout -s INT -k 10 40 $PY -m npdg.profile --sweep deeplabv3plus_r50 --device cuda --dtype bf16 --channels-last \
-    --batch 8 --size 512x1024 --ratios 0,0.1,0.2,0.3,0.4,0.5 --round_to 1,8 --layers-at 0.3 --warmup 3 \
-    --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$out/sweep_r50.json" \
+    --batch 8 --size 512x1024 --ratios 0,0.1,0.2,0.3,0.4,0.5 --round_to 8,32,64 --layers-at 0.3 --warmup 3 \
+    --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$res/sweep_r50.json" \
     >"$tmp/sweep.log" 2>&1 || status=1
 grep -v "^USDT\|^STAGE" "$tmp/sweep.log" | head -60 | tee -a "$out/summary.log"
 
-$PY benches/summarize.py "$out"/bench_*.json >"$out/summary.md" && cat "$out/summary.md"
+$PY benches/summarize.py "$res"/bench_*.json >"$out/summary.md" && cat "$out/summary.md"
+tar czf "$out/results.tgz" -C "$res" . && log "results.tgz: $(ls "$res" | tr '\n' ' ')"
 
 log "done (status $status)"
 exit $status

@@ -372,7 +372,11 @@ def adain_config(x3: torch.Tensor, inputs: int = 1) -> AdaINConfig:
     if programs < _SPLIT_BELOW_PER_SM * sms and hw >= 2 * _MIN_SPLIT_SPAN:
         splits = min(cdiv(_SPLIT_TARGET_PER_SM * sms, programs), hw // _MIN_SPLIT_SPAN)
         return AdaINConfig(block_c, block_l, splits, False, _num_warps(block_c * block_l))
-    if block_c * next_pow2(hw) <= _ONE_PASS_MAX:
+    # The single read holds a whole row per input in registers: in backward (x and dy) the same row is twice the
+    # state, and at the R50 512x512 stage-1 shape (8, 256, 128x128) it lost to the two loops on the H200
+    # (fwd+bwd 0.675 vs 0.527 ms, forward alone 0.184 vs 0.223: benches/results/gpu_h200/summary.md), so the
+    # whole-row bound is per input.
+    if block_c * next_pow2(hw) <= _ONE_PASS_MAX // inputs:
         return AdaINConfig(block_c, next_pow2(hw), 1, True, _num_warps(block_c * next_pow2(hw)))
     return AdaINConfig(block_c, block_l, 1, False, _num_warps(block_c * block_l))
 

@@ -120,13 +120,23 @@ def style_sensitivity(acts: torch.Tensor, precision: str = "ieee") -> tuple[torc
     """(var (C,), cov (C, C)) of D = acts - mean_k(acts) for acts (K, N, C, L), fp32 accumulation.
 
     precision: 'ieee' (exact fp32 products), 'tf32' (faster tensor-core products on the GPU) or 'tf32x3'
-    (tensor cores, ~fp32 accuracy); the reference path ignores it.
+    (tensor cores, ~fp32 accuracy); the reference path ignores it. See :func:`sensitivity_backend` for which runs.
     """
-    if kernel_backend(acts) == "triton":
+    if sensitivity_backend(acts, precision) == "triton":
         from npdg.kernels import sensitivity as _sens
 
         return _sens.style_sensitivity(acts, precision=precision)
     return reference.style_sensitivity(acts)
+
+
+def sensitivity_backend(acts: torch.Tensor, precision: str = "ieee") -> str:
+    """'triton' or 'reference' for style_sensitivity. Under NPDG_KERNELS=auto the exact-fp32 Gram ('ieee') runs
+    on the reference (cuBLAS fp32 on CUDA): on the one GPU measured (H200, benches/results/gpu_h200/summary.md)
+    the Triton 'ieee' kernel ran at 0.38-0.53x of it on every shape, while 'tf32x3' (~fp32 accuracy) ran at
+    1.06-1.35x and 'tf32' at 1.5-2.3x, so those two keep the kernel. NPDG_KERNELS=triton forces the kernel."""
+    backend = kernel_backend(acts)
+    forced = (os.environ.get("NPDG_KERNELS", "auto").strip().lower() or "auto") == "triton"
+    return "reference" if backend == "triton" and precision == "ieee" and not forced else backend
 
 
 def compact(src: torch.Tensor, out_index: torch.Tensor | None = None,

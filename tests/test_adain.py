@@ -281,6 +281,9 @@ def test_config_heuristics():
 
     r50 = cfg((8, 256, 128, 128))  # H*W = 16384 fits: read x once
     assert r50.one_pass and r50.block_l == 16384 and r50.splits == 1
+    r50_bwd = cfg((8, 256, 128, 128), inputs=2)  # backward (x and dy): two loops, which won on the H200
+    assert not r50_bwd.one_pass and r50_bwd.splits == 1 and r50_bwd.block_l <= 2048
+    assert cfg((8, 256, 64, 64), inputs=2).one_pass  # half the row: a single read still fits
     big = cfg((8, 256, 192, 192))  # H*W = 36864: two loops
     assert not big.one_pass and big.splits == 1 and big.block_l <= 4096
     few_rows = cfg((1, 1, 512, 512))  # one row of 262 144: split

@@ -111,3 +111,17 @@ def test_auto_on_cuda_with_the_project_kernels(monkeypatch, fresh_kernel_check):
     monkeypatch.delenv("NPDG_KERNELS", raising=False)
     assert ops.select_backend("cuda") == "triton"
     assert ops.select_backend("cpu") == "reference"
+
+
+def test_sensitivity_dispatch_follows_the_measured_gpu_speeds(monkeypatch):
+    """Under auto, an 'ieee' Gram on a tensor the kernels would take runs the reference (the H200's Triton ieee
+    kernel was 0.38-0.53x of cuBLAS fp32); tf32 / tf32x3 keep the kernel; NPDG_KERNELS=triton forces it."""
+    acts = torch.zeros(2, 1, 3, 4)
+    monkeypatch.setenv("NPDG_KERNELS", "auto")
+    monkeypatch.setattr(ops, "kernel_backend", lambda t: "triton")  # as on a CUDA tensor with the kernels
+    assert ops.sensitivity_backend(acts, "ieee") == "reference"
+    assert ops.sensitivity_backend(acts, "tf32x3") == "triton" and ops.sensitivity_backend(acts, "tf32") == "triton"
+    monkeypatch.setenv("NPDG_KERNELS", "triton")
+    assert ops.sensitivity_backend(acts, "ieee") == "triton"
+    monkeypatch.setattr(ops, "kernel_backend", lambda t: "reference")
+    assert ops.sensitivity_backend(acts, "tf32x3") == "reference"
