@@ -100,7 +100,8 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
     metrics["config"] = cfg.to_dict()
     checkpoint.write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir, cfg, metrics, ctx.history)
+    drawn = prediction_grid(run_dir / "predictions.png", val_sets, dense, final if cfg.prunes else None, device)
+    write_report(run_dir, cfg, metrics, ctx.history, pictures=bool(drawn))
     print_table(run_dir, cfg, metrics)
     return metrics
 
@@ -109,9 +110,14 @@ def _fmt(v):
     return "–" if v is None else f"{v:.2f}"
 
 
+def _short(spec: str) -> str:
+    """A domain's name in tables and figures: "synthetic:fog" -> "fog"; other SPECs as they are."""
+    return spec.split(":", 1)[-1] if spec.startswith("synthetic:") else spec
+
+
 def table_lines(cfg, metrics) -> list[str]:
     specs = [cfg.source] + list(cfg.targets)
-    short = [s.split(":", 1)[-1] if s.startswith("synthetic:") else s for s in specs]
+    short = [_short(s) for s in specs]
     lines = ["| model | GFLOPs | params (M) | " + " | ".join(short) + " | unseen mean |",
              "|---|---:|---:|" + "---:|" * (len(specs) + 1)]
     for key in ("dense", "final"):
@@ -181,7 +187,68 @@ def _plots(run_dir: Path, cfg, metrics, history) -> list[str]:
     return shown
 
 
-def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
+def prediction_grid(path, val_sets: dict, dense, final=None, device="cpu", n: int = 2) -> list:
+    """Draw one PNG at ``path``: a row per (domain, image) for the first ``n`` images of each val set, in
+    ``val_sets`` order (a shorter set shows what it has, an empty one is skipped); columns input (un-normalised
+    with npdg.data.transforms.denormalize) | ground truth | dense prediction | final prediction, or, with
+    ``final`` None (a method without a prune), one prediction column titled "final = dense". A prediction is the
+    argmax of npdg.eval._logits (logits at the input size) of the model in eval mode, without grad, on
+    ``device``; labels and predictions are coloured by npdg.data.labels.colorize (ignore black). The models'
+    train/eval modes are restored. Returns the rows drawn, [(row label, [(H, W, 3) uint8 array per column])];
+    with no rows nothing is written."""
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from npdg.data.labels import colorize
+    from npdg.data.transforms import denormalize
+    from npdg.eval import _logits
+
+    models = [dense] if final is None else [dense, final]
+    titles = ["input", "ground truth"] + (["final = dense"] if final is None else ["dense", "final"])
+    modes = [m.training for m in models]
+    rows = []
+    try:
+        with torch.no_grad():
+            for m in models:
+                m.eval()
+            for spec, ds in val_sets.items():
+                for i in range(min(n, len(ds))):
+                    image, label = ds[i]
+                    x = image[None].to(device)
+                    shown = denormalize(image).clamp(0, 1).permute(1, 2, 0).mul(255).round().byte().numpy()
+                    preds = [colorize(_logits(m, x).argmax(1)[0].cpu().numpy()) for m in models]
+                    rows.append((f"{_short(spec)} #{i}", [shown, colorize(label.numpy()), *preds]))
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+    if not rows:
+        return rows
+    side = 2.4  # inches per panel width; the height follows the tallest image's aspect
+    aspect = max(panels[0].shape[0] / panels[0].shape[1] for _, panels in rows)
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(side * len(titles), side * aspect * len(rows) + 0.4),
+                             dpi=110, squeeze=False)
+    for r, (name, panels) in enumerate(rows):
+        for c, panel in enumerate(panels):
+            axes[r, c].imshow(panel, interpolation="nearest")
+            axes[r, c].set(xticks=[], yticks=[])
+            if r == 0:
+                axes[r, c].set_title(titles[c], fontsize=9)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    checkpoint.save_figure(fig, path)
+    plt.close(fig)
+    return rows
+
+
+PREDICTIONS = "![predictions: input | ground truth | dense | final](predictions.png)"
+
+
+def write_report(run_dir: Path, cfg, metrics: dict, history: dict, pictures: bool = False) -> None:
+    """report.md in ``run_dir``: the table, the timings and the plots; ``pictures`` embeds predictions.png
+    (drawn by :func:`prediction_grid`) after them."""
     d, f = metrics["dense"], metrics["final"]
     secs = history.get("seconds", {})
     rates = history.get("images_per_s", {})
@@ -203,7 +270,7 @@ def write_report(run_dir: Path, cfg, metrics: dict, history: dict) -> None:
         lines += [_sensitivity_line(f["sensitivity_pruned_vs_kept"]) + ".", ""]
     lines += ["| stage | seconds | images/s |", "|---|---:|---:|"]
     lines += [f"| {s} | {secs[s]:.0f} | {rates.get(s, 0):.1f} |" for s in secs]
-    lines += ["", *_plots(run_dir, cfg, metrics, history), ""]
+    lines += ["", *_plots(run_dir, cfg, metrics, history), *([PREDICTIONS] if pictures else []), ""]
     checkpoint.write_text(run_dir / "report.md", "\n".join(lines))
 
 

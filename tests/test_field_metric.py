@@ -6,6 +6,7 @@ cityscapesscripts scores from the files alone; bad ``--save_pred`` input is refu
 import json
 from pathlib import Path
 
+import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval  # a test dependency (install.sh)
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,6 @@ from npdg.eval import main as eval_main
 from npdg.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
 
 SIZE = (48, 96)
 
