@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One-command GPU check for the target machine (H100/H200; Python 3.12, torch 2.11+cu130, triton 3.6,
 # no network). Builds the project with CUDA, runs the CUDA tests and the benches, and writes
-# JSON + a markdown summary into OUTDIR. Budget: about 8-9 minutes (time caps below sum to ~775 s plus the
+# JSON + a markdown summary into OUTDIR. Budget: about 8-9 minutes (time caps below sum to ~815 s plus the
 # build, ~30 s; the first H200 run, 2026-11-30, took 410 s in all). OUTDIR gets three files (the device tool returns
 # few): summary.log, summary.md and results.tgz, which holds bench_{adain,sensitivity,prune,train,runtimes}.json,
-# step_breakdown.json (where an npdg step's time goes, issue 33) and sweep_r50.json (round_to 8 / 32 / 64; the
+# step_breakdown.json (where an npdg step's time goes, issue 33), sweep_r50.json and sweep_b0.json (round_to 8 / 32 / 64; the
 # sweep's plot is not written: its JSON has every number). bench_runtimes: dense vs pruned R50/R18/SegFormer-B0 in eager PyTorch and in
 # ONNX Runtime's CUDA provider -- the ONNX Runtime rows only if onnxruntime-gpu (+ onnx, onnxscript) is
 # installed; otherwise the script says so and the rows are skipped, never failed.
@@ -82,6 +82,13 @@ timeout -s INT -k 10 40 $PY -m npdg.profile --sweep deeplabv3plus_r50 --device c
     --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$res/sweep_r50.json" \
     >"$tmp/sweep.log" 2>&1 || status=1
 grep -v "^USDT\|^STAGE" "$tmp/sweep.log" | head -60 | tee -a "$out/summary.log"
+# SegFormer-B0 the same way: its pruned Mix-FFN widths (e.g. 128 -> 120 at stage 1, the high-resolution stage)
+# leave the tile-aligned widths, the suspected cause of the pruned B0 running 0.90x of dense on the H200
+log "profile sweep (segformer_b0, bf16, batch 8, 512x1024, round_to 8 / 32 / 64)"
+timeout -s INT -k 10 40 $PY -m npdg.profile --sweep segformer_b0 --device cuda --dtype bf16 \
+    --batch 8 --size 512x1024 --ratios 0,0.2,0.3,0.4 --round_to 8,32,64 --warmup 3 \
+    --min-runs 10 --min-time 0.3 --json "$res/sweep_b0.json" >"$tmp/sweep_b0.log" 2>&1 || status=1
+grep -v "^USDT\|^STAGE" "$tmp/sweep_b0.log" | head -30 | tee -a "$out/summary.log"
 
 $PY benches/summarize.py "$res"/bench_*.json >"$out/summary.md" && cat "$out/summary.md"
 tar czf "$out/results.tgz" -C "$res" . && log "results.tgz: $(ls "$res" | tr '\n' ' ')"
