@@ -17,7 +17,6 @@ from pathlib import Path
 METHODS = ("erm", "slimming", "dsp", "npdg")
 PRUNING_METHODS = ("slimming", "npdg")  # the methods with a prune + fine-tune stage
 DSP_LEVELS = ("feature", "image")
-STYLE_POINTS = ("stage", "embed")  # segformer_*: stage 1's output | its patch embedding's (npdg.models.mit)
 LR_SCHEDULES = ("stage", "run")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
@@ -309,6 +308,8 @@ class Config:
             if self.dsp_branch and getattr(self, name):
                 raise ConfigError(f"dsp_branch: {name} restyles or splits the copies before the style point, where "
                                   "branched copies have no rows of their own; give one of them")
+        from npdg.models.mit import STYLE_POINTS  # (the model owns the name: config -> models only)
+
         if self.style_point not in STYLE_POINTS:
             raise ConfigError(f"style_point={self.style_point!r}: expected one of {', '.join(STYLE_POINTS)}")
         if self.style_point != "stage" and not self.mit_model:

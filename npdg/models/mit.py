@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npdg.config import STYLE_POINTS
 from npdg.models.units import CoupledGroup, Gate, TensorSlice, UnitGroup, input_channels, sub_widths
 
+STYLE_POINTS = ("stage", "embed")  # where a MiT's style layer sits: stage 1's output | its patch embedding
 
 class StreamLayerNorm(nn.LayerNorm):
     """LayerNorm over a (possibly pruned) residual stream: statistics over ``norm_count`` >= width channels.
