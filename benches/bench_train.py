@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from benches.conftest import env_info, quick_mode, sync
+from benches.step_breakdown import step_fn
 from npdg.config import Config
 from npdg.loop import Context
 from npdg.models import create_model
@@ -66,23 +67,11 @@ def test_train_step(benchmark, name, method, kernels, layout, bench_device, quic
     if kernels != "auto":
         monkeypatch.setenv("NPDG_KERNELS", kernels)
     cfg, model, recipe, opt, images, labels = _setup(name, method, bench_device, quick, layout)
-    loss_fn = recipe.sparse_loss_fn(model)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bench_device.type == "cuda" else nullcontext()
-    if method == "npdg":
-        recipe.refresh_sensitivity(model, images)  # the timed steps reuse it, as between refreshes
-    # a restyling step: past the DSP warm-up (clean steps, as ERM's), and not a sensitivity refresh
-    at = round(cfg.dsp_warmup * cfg.iters) + 2  # the warm-up's length as Recipe.sparse_loss_fn counts it
+    one_step = step_fn(cfg, model, recipe, opt, images, labels, amp)  # (npdg: refreshes the sensitivity once)
 
     def step():
-        with amp:
-            loss, _ = loss_fn(model, at, images, labels)
-        opt.zero_grad(set_to_none=True)
-        for o in recipe.extra_opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for o in recipe.extra_opts:
-            o.step()
+        loss = one_step()
         sync(bench_device)
         return loss.item()
 

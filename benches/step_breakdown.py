@@ -14,6 +14,10 @@ joined with ``+``), medians over ``--repeats`` of, all measured in this one proc
   path runs twice and ``branch`` saves);
 - ``dvae_and_sizing``: the D-VAE loss and one step-length search on n latents (tiny MLPs);
 - ``optimizer``: the SGD update alone;
+- ``step_reference``: the npdg step with ``NPDG_KERNELS=reference`` (the project's custom kernels off: the fused
+  C++ AdaIN on CPU, the Triton AdaIN / Gram on CUDA), side by side with ``step``; ``kernel_share``: the fraction of
+  one profiled npdg step spent in the custom ops (profiler events ``npdg::*`` and the Triton kernels ``_adain_*``
+  / ``_style_cov_*``; device time on CUDA, self CPU time on CPU);
 - ``floor``: the recipe's own work: the training pass on N clean + n restyled rows with the layers before the
   style point run once (the ``branch`` variant without its adversary), i.e. what no implementation of the recipe
   can skip; ``step / floor`` and ``step / erm_step`` are the ratios the issue tracks.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -67,6 +72,8 @@ def setup(model_name, method, device, batch, size, **keys):
 
 
 def step_fn(cfg, model, recipe, opt, images, labels, amp):
+    """One full training step of the recipe, as fit() runs it: loss (past the DSP warm-up, not a sensitivity
+    refresh), backward, every optimizer; returns the loss (a tensor: no host sync)."""
     loss_fn = recipe.sparse_loss_fn(model)
     if cfg.method == "npdg":
         recipe.refresh_sensitivity(model, images)  # the timed steps reuse it, as between refreshes
@@ -82,6 +89,7 @@ def step_fn(cfg, model, recipe, opt, images, labels, amp):
         opt.step()
         for o in recipe.extra_opts:
             o.step()
+        return loss
     return step
 
 
@@ -131,6 +139,45 @@ def dvae_fn(dsp, model, images, n):
     return run
 
 
+def with_kernels(choice: str, fn):
+    """fn run under NPDG_KERNELS=choice (ops.* read it on every call), restored afterwards."""
+    import os
+
+    def run():
+        before = os.environ.get("NPDG_KERNELS")
+        os.environ["NPDG_KERNELS"] = choice
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["NPDG_KERNELS"]
+            else:
+                os.environ["NPDG_KERNELS"] = before
+    return run
+
+
+KERNEL_EVENT = re.compile(r"^npdg::|^_adain_|^_style_cov_")
+
+
+def kernel_share(fn, device) -> dict:
+    """{"seconds", "share", "ops"}: time of one fn() call spent in the project's custom ops (see the module doc)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    events = prof.key_averages()
+
+    def own(e):
+        return (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6
+
+    total = sum(own(e) for e in events)
+    ops = {e.key: own(e) for e in events if KERNEL_EVENT.search(e.key)}
+    return {"seconds": sum(ops.values()), "share": sum(ops.values()) / total if total else None, "ops": ops}
+
+
 def time_all(fns: dict, device, repeats: int, warmup: int = 2) -> dict:
     for fn in fns.values():
         for _ in range(warmup):
@@ -161,7 +208,9 @@ def breakdown(model_name, variant, device, batch, size, repeats) -> dict:
            "no_adversary": step_fn(*no_adv, amp), "floor": step_fn(*floor, amp),
            "pre_style": pre_style_fn(model, images, n), "dvae_and_sizing": dvae_fn(recipe.dsp, model, images, n),
            "optimizer": opt.step}
+    fns["step_reference"] = with_kernels("reference", fns["step"])
     t = time_all(fns, device, repeats)
+    kernels = kernel_share(fns["step"], device)
 
     def sens():
         recipe.refresh_sensitivity(model, images)
@@ -171,8 +220,9 @@ def breakdown(model_name, variant, device, batch, size, repeats) -> dict:
     ratios = {"step_over_erm": t["step"] / t["erm_step"], "dsp_step_over_erm": t["dsp_step"] / t["erm_step"],
               "step_over_floor": t["step"] / t["floor"], "floor_over_erm": t["floor"] / t["erm_step"],
               "step_with_sensitivity_over_erm": (t["step"] + t["sensitivity_amortised"]) / t["erm_step"]}
+    ratios["step_over_step_reference"] = t["step"] / t["step_reference"]
     return {"model": model_name, "variant": variant, "keys": keys, "batch": batch, "size": list(size), "restyled": n,
-            "seconds": t, "ratios": ratios}
+            "seconds": t, "ratios": ratios, "kernels": kernels}
 
 
 def main(argv=None) -> int:
@@ -200,7 +250,8 @@ def main(argv=None) -> int:
                   f"({s['erm_step'] * 1e3:.1f} ms), {r['step_over_floor']:.2f}x floor ({s['floor'] * 1e3:.1f} ms); "
                   f"adversary {s['adversary'] * 1e3:.1f}, pre_style {s['pre_style'] * 1e3:.1f}, dvae+sizing "
                   f"{s['dvae_and_sizing'] * 1e3:.1f}, optimizer {s['optimizer'] * 1e3:.1f}, sensitivity "
-                  f"{s['sensitivity_amortised'] * 1e3:.1f} amortised", flush=True)
+                  f"{s['sensitivity_amortised'] * 1e3:.1f} amortised; kernels off {s['step_reference'] * 1e3:.1f} ms, "
+                  f"custom ops {100 * (row['kernels']['share'] or 0):.1f} % of a step", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env_info(device), "threads": torch.get_num_threads(),
                                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1) + "\n")
