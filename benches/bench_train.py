@@ -21,8 +21,8 @@ import torch
 from benches.conftest import env_info, quick_mode, sync
 from npdg.config import Config
 from npdg.loop import Context
+from npdg.methods import build_method
 from npdg.models import create_model
-from npdg.train import Recipe
 
 GPU = torch.cuda.is_available() and not quick_mode()
 MODELS = ["deeplabv3plus_r50", "segformer_b0"] if GPU else ["deeplabv3plus_r18", "segformer_b0"]
@@ -44,7 +44,7 @@ def _setup(name, method, device, quick, layout="contiguous"):
     cfg.validate()  # the method's defaults resolve (npdg: iters 60, flops_target 0.6)
     model = create_model(name, num_classes=19).to(device).train()
     ctx = Context(cfg, device)
-    recipe = Recipe(ctx, model)
+    recipe = build_method(ctx, model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, h, w, device=device)
     labels = torch.randint(0, 19, (batch, h, w), device=device)
@@ -66,12 +66,12 @@ def test_train_step(benchmark, name, method, kernels, layout, bench_device, quic
     if kernels != "auto":
         monkeypatch.setenv("NPDG_KERNELS", kernels)
     cfg, model, recipe, opt, images, labels = _setup(name, method, bench_device, quick, layout)
-    loss_fn = recipe.sparse_loss_fn(model)
+    loss_fn = recipe.train_loss_fn(model)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bench_device.type == "cuda" else nullcontext()
     if method == "npdg":
         recipe.refresh_sensitivity(model, images)  # the timed steps reuse it, as between refreshes
     # a restyling step: past the DSP warm-up (clean steps, as ERM's), and not a sensitivity refresh
-    at = round(cfg.dsp_warmup * cfg.iters) + 2  # the warm-up's length as Recipe.sparse_loss_fn counts it
+    at = round(cfg.dsp_warmup * cfg.iters) + 2  # the warm-up's length as the method's train_loss_fn counts it
 
     def step():
         with amp:

@@ -39,8 +39,8 @@ from benches.conftest import env_info, sync  # noqa: E402
 from npdg.config import Config  # noqa: E402
 from npdg.dsp.perturb import num_restyled  # noqa: E402
 from npdg.loop import Context  # noqa: E402
+from npdg.methods import build_method  # noqa: E402
 from npdg.models import create_model  # noqa: E402
-from npdg.train import Recipe  # noqa: E402
 
 VARIANTS = {"default": {}, "branch": {"dsp_branch": True}, "adv0.5": {"adv_scale": 0.5}}
 
@@ -59,7 +59,7 @@ def setup(model_name, method, device, batch, size, **keys):
     cfg = Config(method=method, model=model_name, batch_size=batch, sens_batch=min(batch, 8), device=str(device),
                  **keys).validate()
     model = create_model(model_name, num_classes=19, input_norm=cfg.input_norm).to(device).train()
-    recipe = Recipe(Context(cfg, device), model)
+    recipe = build_method(Context(cfg, device), model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, *size, device=device)
     labels = torch.randint(0, 19, (batch, *size), device=device)
@@ -67,7 +67,7 @@ def setup(model_name, method, device, batch, size, **keys):
 
 
 def step_fn(cfg, model, recipe, opt, images, labels, amp):
-    loss_fn = recipe.sparse_loss_fn(model)
+    loss_fn = recipe.train_loss_fn(model)
     if cfg.method == "npdg":
         recipe.refresh_sensitivity(model, images)  # the timed steps reuse it, as between refreshes
     at = round(cfg.dsp_warmup * cfg.iters) + 2  # past the DSP warm-up, not a refresh step

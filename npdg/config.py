@@ -14,30 +14,24 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METHODS = ("erm", "slimming", "dsp", "npdg")
-PRUNING_METHODS = ("slimming", "npdg")  # the methods with a prune + fine-tune stage
+from npdg.methods import REGISTRY, method_class
+
+METHODS = tuple(REGISTRY)  # --method names; each method's facts and defaults live in its class (npdg/methods/)
 DSP_LEVELS = ("feature", "image")
 STYLE_POINTS = ("stage", "embed")  # segformer_*: stage 1's output | its patch embedding's (npdg.models.mit)
 LR_SCHEDULES = ("stage", "run")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
 
-ITERS = {"npdg": 60}  # iters = -1 resolves to these, 200 for the other methods (see Config)
-FLOPS_TARGET = {"npdg": 0.6, "slimming": 0.6}  # flops_target = -1 resolves to these when no ratio / threshold
-#   is given, else 0 (every pruning method to the same FLOPs, so the rows compare)
-# ... and for a MiT (segformer_*) model to this (the transformer's FLOPs bound of issue 16; its attention and
-# embeddings are not prunable, so 0.6 took half the units without the streams): with --prune_residual,
-# three paired seeds, +0.83 [-0.93, +2.59] source over 0.6 (dg_budget260/compare-segformer_b0-npdgEarlyresF75-*)
-FLOPS_TARGET_MIT = 0.75
-FINETUNE_ITERS = {"slimming": 150, "npdg": 200}  # finetune_iters = -1 resolves to these (see Config)
+FLOPS_TARGET_MIT = 0.75  # a pruning method's default FLOPs target on a MiT (segformer_*) model, its class's
+#   flops_target on a CNN: the transformer's FLOPs bound of issue 16 (its attention and embeddings are not prunable,
+#   so 0.6 took half the units without the streams): with --prune_residual, three paired seeds, +0.83 [-0.93, +2.59]
+#   source over 0.6 (dg_budget260/compare-segformer_b0-npdgEarlyresF75-*)
 BUDGET = 260  # budget = -1 resolves to this when iters is not given: every method's default run spends the same
 #   optimiser steps in all (issue 32: a default only one method gets shows up as that method's gain)
 INPUT_NORM_MIT = False  # input_norm = None resolves to on for every method on a CNN, to this on a MiT (segformer_*)
 #   model: the source-only gate on B0's own paired runs failed (three seeds, source -1.84 [-4.20, +0.51] against
 #   input_norm off; dg_budget260/compare-segformer_b0-npdgIn-npdgPs2)
-STYLE_POINT_MIT = {"npdg": "embed"}  # style_point = "" resolves to these for a MiT model, "stage" otherwise: B0,
-# five paired seeds, source +0.46 [-0.25, +1.18] and style-shifted source val +0.94 [+0.22, +1.66] over "stage"
-# (dg_budget260/compare-segformer_b0-npdgEmbed-npdgEarlyresF75ps2, styleval05-segformer_b0.json)
 
 
 class ConfigError(ValueError, KeyError):
@@ -49,7 +43,8 @@ class ConfigError(ValueError, KeyError):
 @dataclass
 class Config:
     # --- what to train
-    method: str = "npdg"  # recipe: erm (source only) | slimming (L1 on γ, prune) | dsp | npdg
+    method: str = "npdg"  # erm (source only) | slimming (L1 on γ, prune) | dsp | npdg; one class each in
+    #   npdg/methods/
     preset: str = ""  # a YAML under npdg/presets/ applied before --config and overrides (e.g. quick)
     model: str = "deeplabv3plus_r18"  # any name from npdg.models.available_models()
     num_classes: int = 19  # Cityscapes train ids
@@ -165,7 +160,7 @@ class Config:
     style_point: str = ""  # segformer_* models: where the feature-level restyle (and npdg's sensitivity restyle)
     #   acts: stage = stage 1's output; embed = stage 1's patch embedding, before its blocks (those blocks' heads /
     #   Mix-FFN channels then see the style change and get scores); "" = embed for npdg on a MiT model
-    #   (STYLE_POINT_MIT), stage otherwise (the baselines and the CNNs as before)
+    #   (the method class's style_point_mit), stage otherwise (the baselines and the CNNs as before)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -208,12 +203,13 @@ class Config:
             raise ConfigError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
         if self.budget == -1:  # (before iters resolves: a given iters turns the default budget off)
             self.budget = BUDGET if self.iters == -1 else 0
+        method = method_class(self.method)
         if self.iters == -1:
-            self.iters = ITERS.get(self.method, 200)
+            self.iters = method.iters
         if self.input_norm is None:
             self.input_norm = INPUT_NORM_MIT if self.mit_model else True
         if self.style_point == "":
-            self.style_point = STYLE_POINT_MIT.get(self.method, "stage") if self.mit_model else "stage"
+            self.style_point = method.style_point_mit if self.mit_model else "stage"
         for name in ("iters", "batch_size", "num_classes", "train_num"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -225,7 +221,7 @@ class Config:
             _check_range(self, name, 0, None)
         if self.flops_target == -1:  # (before ratio resolves: a given ratio or threshold chooses the prune)
             chosen = self.ratio != -1 or self.threshold > 0
-            default = FLOPS_TARGET.get(self.method, 0.0)
+            default = method.flops_target
             if default and self.mit_model:
                 default = FLOPS_TARGET_MIT
             self.flops_target = 0.0 if chosen else default
@@ -240,7 +236,7 @@ class Config:
         _check_range(self, "dsp_warmup", 0, 1)
         _check_range(self, "dsp_lr", 0, None, low_open=True)
         if self.finetune_iters == -1:
-            self.finetune_iters = FINETUNE_ITERS.get(self.method, 60)
+            self.finetune_iters = method.finetune_iters
         elif self.finetune_iters < 0:
             raise ConfigError(f"finetune_iters must be >= 0 (or -1: the method's default), got {self.finetune_iters}")
         for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
@@ -321,6 +317,7 @@ class Config:
                               "image per channel, which undoes the pixel restyle; give --input_norm=false with it")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
+        method.check(self)
         return self
 
     def check_files(self) -> None:
@@ -364,11 +361,11 @@ class Config:
 
     @property
     def prunes(self) -> bool:
-        return self.method in PRUNING_METHODS
+        return method_class(self.method).prunes
 
     @property
     def uses_dsp(self) -> bool:
-        return self.method in ("dsp", "npdg")
+        return method_class(self.method).uses_dsp
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
