@@ -43,8 +43,8 @@ class ConfigError(ValueError, KeyError):
 @dataclass
 class Config:
     # --- what to train
-    method: str = "npdg"  # erm (source only) | slimming (L1 on γ, prune) | dsp | npdg; one class each in
-    #   npdg/methods/
+    method: str = "npdg"  # erm (source only) | slimming (L1 on γ, prune) | dsp | npdg | sfp (soft filter pruning);
+    #   one class each in npdg/methods/
     preset: str = ""  # a YAML under npdg/presets/ applied before --config and overrides (e.g. quick)
     model: str = "deeplabv3plus_r18"  # any name from npdg.models.available_models()
     num_classes: int = 19  # Cityscapes train ids
@@ -91,9 +91,9 @@ class Config:
     flops_target: float = -1.0  # > 0: instead of ratio, the smallest ratio (bisection, to 1e-3) whose compact model
     #   has at most this fraction of the dense model's FLOPs (counted like the report: eval_size on the embedded
     #   benchmark, else crop); the chosen ratio is printed and recorded (metrics.json final.prune_ratio); 0 = off
-    #   (ratio); -1 = the method's default: 0.6 for npdg unless ratio or threshold is given (ten paired seeds at
-    #   260 steps: FLOPs 58.9-60.0 % on every seed, source +0.27 [-0.35, +0.89] over ratio 0.3; 0.75 for a MiT
-    #   model, FLOPS_TARGET_MIT), else 0
+    #   (ratio); -1 = the method's default: 0.6 for npdg, slimming and sfp unless ratio or threshold is given (npdg,
+    #   ten paired seeds at 260 steps: FLOPs 58.9-60.0 % on every seed, source +0.27 [-0.35, +0.89] over ratio 0.3;
+    #   0.75 for a MiT model, FLOPS_TARGET_MIT), else 0
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
     exact_ratio: bool = False  # ratio = the fraction of units actually removed per kind (whole round_to steps
@@ -108,7 +108,9 @@ class Config:
     finetune_iters: int = -1  # fine-tuning steps of the compacted model (own poly schedule); -1 = the method's
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 200 for npdg (the compact network trains with DSP: see iters; the paper
-    #   presets state their 10k). Scaling a budget scales both stages (780 steps: --finetune_iters=600)
+    #   presets state their 10k), 60 for sfp (its soft prunes leave the filters it removes silent already; the
+    #   paper reports no fine-tuning, so it needs little). Scaling a budget scales both stages (780 steps:
+    #   --finetune_iters=600)
     finetune_lr: float = 0.0  # 0 = lr
     finetune_kd: float = 0.0  # slimming / npdg: the fine-tune adds finetune_kd x the per-pixel KL divergence of
     #   the pruned model's predictions on the clean images from the dense model's (dense.pt, frozen, eval mode;
@@ -185,6 +187,11 @@ class Config:
     #   scale-free weights), so style-sensitive units go first; 0 = rank by importance alone (the paper's).
     #   2 since 2026-11-30 (was 1): five paired seeds on the early prune, source +0.04 [-0.79, +0.87], the
     #   candidate of highest source among those passing a rule fixed beforehand (dg_budget260/compare5-npdgPs2-*)
+
+    # --- sfp: Soft Filter Pruning (He et al., IJCAI 2018; npdg/methods/sfp.py). Prunes to flops_target (npdg's) by
+    #   default, or --ratio: the fraction of every unit group zeroed / removed (in (0, 1))
+    sfp_every: int = 10  # steps between soft prunes (the paper: one per epoch); 10 for the 260-step budget: ~20
+    #   zeroings over sfp's 200 train steps, as the paper's ~100-200 epochs give it many
 
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -13,6 +13,7 @@ which loss terms a step adds, how it prunes and what it keeps for a resume. Run'
     dsp       train (cross-entropy on style-perturbed batches)        -> evaluate
     slimming  train (+ s·Σ|γ|) -> prune + compact -> fine-tune        -> evaluate
     npdg      train (DSP + s·Σ w·|γ|, w = style sensitivity) -> prune + compact -> fine-tune (DSP) -> evaluate
+    sfp       train (smallest-norm filters zeroed every sfp_every steps) -> prune + compact -> fine-tune -> evaluate
 
 The run directory holds config.json (resolved), train_log.jsonl, checkpoint.pt (resumable state,
 written atomically every ckpt_every steps and between stages), dense.pt (before pruning), final.pt (the

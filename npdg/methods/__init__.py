@@ -17,6 +17,7 @@ REGISTRY = {
     "slimming": "npdg.methods.slimming:Slimming",
     "dsp": "npdg.methods.dsp:DSP",
     "npdg": "npdg.methods.npdg:NPDG",
+    "sfp": "npdg.methods.sfp:SFP",
 }
 
 
