@@ -43,8 +43,8 @@ class ConfigError(ValueError, KeyError):
 @dataclass
 class Config:
     # --- what to train
-    method: str = "npdg"  # erm (source only) | slimming (L1 on γ, prune) | dsp | npdg | sfp (soft filter pruning);
-    #   one class each in npdg/methods/
+    method: str = "npdg"  # erm (source only) | slimming (L1 on γ, prune) | dsp | npdg | sfp (soft filter pruning) |
+    #   shade (style hallucination + consistency); one class each in npdg/methods/
     preset: str = ""  # a YAML under npdg/presets/ applied before --config and overrides (e.g. quick)
     model: str = "deeplabv3plus_r18"  # any name from npdg.models.available_models()
     num_classes: int = 19  # Cityscapes train ids
@@ -192,6 +192,16 @@ class Config:
     #   default, or --ratio: the fraction of every unit group zeroed / removed (in (0, 1))
     sfp_every: int = 10  # steps between soft prunes (the paper: one per epoch); 10 for the 260-step budget: ~20
     #   zeroings over sfp's 200 train steps, as the paper's ~100-200 epochs give it many
+
+    # --- shade: Style-Hallucinated Dual Consistency Learning (Zhao et al., ECCV 2022; npdg/methods/shade.py)
+    shade_k: int = 64  # basis styles (the paper's 64), chosen by farthest-point sampling from the source styles seen
+    #   over the last shade_every steps: needs shade_k <= shade_every x batch_size
+    shade_every: int = 20  # steps between basis refreshes (the authors: every 3 epochs over the whole source set); the
+    #   first shade_every steps train on the clean batch while the first styles are collected
+    shade_concentration: float = 0.0156  # Dirichlet concentration of the combination weights (the authors' 1/64)
+    shade_sc: float = 10.0  # λ_SC: weight of the style consistency (JSD of clean and hallucinated predictions)
+    shade_rc: float = 1.0  # λ_RC: weight of the retrospection consistency (with --pretrained only: the features of
+    #   the frozen ImageNet backbone)
 
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -14,6 +14,7 @@ which loss terms a step adds, how it prunes and what it keeps for a resume. Run'
     slimming  train (+ s·Σ|γ|) -> prune + compact -> fine-tune        -> evaluate
     npdg      train (DSP + s·Σ w·|γ|, w = style sensitivity) -> prune + compact -> fine-tune (DSP) -> evaluate
     sfp       train (smallest-norm filters zeroed every sfp_every steps) -> prune + compact -> fine-tune -> evaluate
+    shade     train (CE on clean + style-hallucinated rows + JSD consistency) -> evaluate
 
 The run directory holds config.json (resolved), train_log.jsonl, checkpoint.pt (resumable state,
 written atomically every ckpt_every steps and between stages), dense.pt (before pruning), final.pt (the

@@ -18,6 +18,7 @@ REGISTRY = {
     "dsp": "npdg.methods.dsp:DSP",
     "npdg": "npdg.methods.npdg:NPDG",
     "sfp": "npdg.methods.sfp:SFP",
+    "shade": "npdg.methods.shade:SHADE",
 }
 
 
