@@ -57,3 +57,42 @@ def test_a_method_registered_from_outside_runs_end_to_end(tmp_path, monkeypatch)
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["calls"] for r in rows if "loss" in r] == [1, 2, 3]  # iters: the class's default with budget 0
     assert json.loads((out / "metrics.json").read_text())["method"] == "halved"
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("method, stage, cut_at, extra", [
+    ("sfp", "train", 5, ["--sfp_every=2"]),  # a checkpoint at step 4, soft prunes at steps 3 and 5
+    ("sfp", "finetune", 2, ["--sfp_every=2"]),  # the removed units and r come back from the state
+    ("shade", "train", 5, ["--shade_every=2", "--shade_k=3"]),  # the style bank and the basis come back
+])
+def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch, method, stage, cut_at, extra):
+    import torch
+
+    import npdg.loop
+    import npdg.train
+    from npdg import load_model
+
+    args = ["--iters=6", "--finetune_iters=2", "--budget=0", "--train_num=8", "--val_num=2", "--crop=40x72",
+            "--eval_size=40x72", "--workers=0", "--batch_size=2", "--log_every=2", "--targets=synthetic:fog",
+            "--ckpt_every=2", f"--method={method}", *extra]
+    main(args + ["--out", str(tmp_path / "whole")])
+    original_fit = npdg.loop.fit
+
+    def fit(ctx, name, model, dataset, loss_fn, *a, **k):
+        def interrupted(net, step, images, labels):
+            if name == stage and step == cut_at:
+                raise _Interrupt
+            return loss_fn(net, step, images, labels)
+
+        return original_fit(ctx, name, model, dataset, interrupted, *a, **k)
+
+    monkeypatch.setattr(npdg.train, "fit", fit)
+    with pytest.raises(_Interrupt):
+        main(args + ["--out", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    main(["--resume", str(tmp_path / "cut")])
+    a, b = (load_model(tmp_path / d / "final.pt").state_dict() for d in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs"
