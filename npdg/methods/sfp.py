@@ -1,8 +1,9 @@
 """sfp: Soft Filter Pruning (He et al., IJCAI 2018), on the project's unit groups.
 
 Train with plain cross-entropy; every ``sfp_every`` steps (the paper: once per epoch) zero, in every unit group,
-the fraction r of its units whose filters have the smallest L2 norm (the paper's Eq. 2, ||W_j||_2 over the
-producing conv's output-channel weights; Eq. 3-4: the N_{i+1}·P_i lowest filters of layer i are set to 0). Zeroed
+the fraction r of its units whose filters have the smallest L2 norm (the paper's criterion: for filter j of layer
+i, ||F_ij||_p = (sum_n,k1,k2 |F_ij(n, k1, k2)|^p)^(1/p) with p = 2; the N_i+1 x P_i lowest of layer i are set to 0;
+the paper's text was not at hand, so its equations are cited by content, not number). Zeroed
 units stay trainable: the next steps update them like any other and they may come back (the "soft" of SFP). At
 the end of the train stage a last zeroing picks the units the prune removes; they are removed through the unit
 groups, the model compacted and fine-tuned like the other pruning methods.

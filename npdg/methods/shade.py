@@ -1,6 +1,8 @@
 """shade: Style-Hallucinated Dual Consistency Learning (Zhao et al., ECCV 2022), at the project's style point.
 
-Style hallucination (the paper's SHM, Sec. 3.2). The source's styles are the per-channel statistics
+The paper's text was not at hand: its equations are cited by content (as its code computes them), not number.
+
+Style hallucination (the paper's style hallucination module, SHM). The source's styles are the per-channel statistics
 s = (mu(f), sigma(f)) of the clean features f at ``model.style_layer`` (``npdg.reference.style_stats``), collected
 from every training forward. Every ``shade_every`` steps the K = ``shade_k`` basis styles {(mu_k, sigma_k)} are
 chosen from the styles seen since the last choice by farthest-point sampling (FPS, the authors' choice over the
@@ -13,7 +15,7 @@ its clean features at the style layer:
 (``npdg.ops.adain``); w lies on the simplex, so (mu_hat, sigma_hat) lies in the convex hull of the basis. The
 layers before the style point see each clean image once (the authors' SHM also sits inside the backbone).
 
-Dual consistency (Sec. 3.3). Style consistency: the Jensen-Shannon divergence of the clean and the hallucinated
+Dual consistency. Style consistency: the Jensen-Shannon divergence of the clean and the hallucinated
 predictions, per pixel, JSD(p || q) = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2 (log m clamped at 1e-7
 as the authors'), averaged over pixels. Retrospection consistency (with ``--pretrained`` only: it needs the
 ImageNet weights): the mean squared distance, over channels and pixels, between the model's features of both the
