@@ -113,7 +113,8 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     small = dataclasses.replace(
         cfg, iters=steps, finetune_iters=1 if cfg.prunes else 0, batch_size=b, val_num=1, dsp_warmup=0.0,
         sens_every=10**9, sens_batch=min(cfg.sens_batch, b), ckpt_every=10**9, log_every=10**9,
-        workers=workers, device=str(device), out="", eval_every=0)
+        workers=workers, device=str(device), out="", eval_every=0,
+        shade_every=1, shade_k=min(cfg.shade_k, b))  # shade: the measured steps hallucinate (a basis from step 1)
     ctx = Context(small, device)
     model = model.to(device)
     result: dict = {"parameters": sum(p.numel() for p in model.parameters()), "device": str(device),

@@ -96,3 +96,25 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch, m
     main(["--resume", str(tmp_path / "cut")])
     a, b = (load_model(tmp_path / d / "final.pt").state_dict() for d in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs"
+
+
+@pytest.mark.parametrize("method", ["sfp", "shade"])
+def test_the_dry_run_measures_the_methods_own_steps(method, monkeypatch, capsys):
+    from npdg.dryrun import dry_run
+    from npdg.methods.shade import SHADE
+
+    rows = []
+    hallucinate = SHADE.hallucinate
+
+    def spy(self, f):
+        out = hallucinate(self, f)
+        rows.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(SHADE, "hallucinate", spy)
+    cfg = load_config(None, [f"--method={method}", "--train_num=4", "--val_num=1", "--crop=40x72",
+                             "--eval_size=40x72", "--workers=0", "--targets=synthetic:fog"])
+    result = dry_run(cfg, batch=2)
+    assert result["train_step_s"] > 0 and ("finetune_step_s" in result) == (method == "sfp")
+    if method == "shade":  # the second measured step hallucinates (a basis from the first step's styles)
+        assert rows == [2, 4]
