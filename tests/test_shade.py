@@ -199,3 +199,15 @@ def test_shade_runs_end_to_end_on_the_quick_preset(tmp_path):
     assert m["method"] == "shade" and m["steps"]["train"] == 4
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [("shade_sc" in r) for r in rows if "loss" in r] == [False, False, True, True]
+
+
+def test_retrospection_runs_with_pretrained_weights_only(tmp_path):
+    weights = tmp_path / "r18_backbone.pth"
+    torch.manual_seed(0)
+    torch.save(create_model("deeplabv3plus_r18").backbone.state_dict(), weights)
+    logs = {}
+    for name, extra in (("plain", []), ("imagenet", [f"--pretrained={weights}"])):
+        main(TINY + ["--iters=4", "--shade_every=2", "--shade_k=3", *extra, "--out", str(tmp_path / name)])
+        logs[name] = [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+    assert not any("shade_rc" in r for r in logs["plain"])  # no ImageNet weights: no retrospection
+    assert [r.get("shade_rc", 0) > 0 for r in logs["imagenet"] if "loss" in r] == [False, False, True, True]
