@@ -45,6 +45,14 @@ def test_jsd_is_zero_for_equal_predictions_positive_otherwise_and_symmetric():
     assert jsd(a, a + 100).abs().item() < 1e-6  # a shift of every class: the same distribution
 
 
+def test_the_jsd_gradient_is_the_derivative_of_its_value():
+    from npdg.methods.shade import _JSD
+
+    gen = torch.Generator().manual_seed(4)
+    a, b = (torch.randn(2, 5, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(_JSD.apply, (a, b))
+
+
 def _setup(*extra, model="deeplabv3plus_r18"):
     cfg = load_config(None, TINY + ["--iters=6", "--shade_every=2", "--shade_k=3", *extra])
     torch.manual_seed(0)

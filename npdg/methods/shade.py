@@ -16,10 +16,10 @@ its clean features at the style layer:
 layers before the style point see each clean image once (the authors' SHM also sits inside the backbone).
 
 Dual consistency. Style consistency: the Jensen-Shannon divergence of the clean and the hallucinated
-predictions, per pixel, JSD(p || q) = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2 (log m clamped at 1e-7
-as the authors'), averaged over pixels. Retrospection consistency (with ``--pretrained`` only: it needs the
-ImageNet weights): the mean squared distance, over channels and pixels, between the model's features of both the
-clean and the hallucinated rows and the frozen ImageNet backbone's features of the clean image, at the deepest
+predictions, per pixel, JSD(p || q) = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2, averaged over pixels
+(log m computed exactly; the authors clamp m at 1e-7). Retrospection consistency (with ``--pretrained`` only: it
+needs the ImageNet weights): the mean squared distance, over channels and pixels, between the model's features of
+both the clean and the hallucinated rows and the frozen ImageNet backbone's features of the clean image, at the deepest
 stage output the model declares (``deep_style_layers[-1]``: ResNet layer3, the authors' layer4; without their
 restriction to "thing" classes). The step's loss:
 
@@ -32,10 +32,10 @@ the clean batch while the first styles are collected. SHADE does not prune.
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 
 import torch
-import torch.nn.functional as F
 
 from npdg import ops
 from npdg.methods.base import Method
@@ -59,14 +59,32 @@ def combine_styles(basis_mean: torch.Tensor, basis_std: torch.Tensor, weights: t
     return weights @ basis_mean, weights @ basis_std
 
 
+class _JSD(torch.autograd.Function):
+    """Pixel-mean JSD of softmax(a), softmax(b) over dim 1, with its gradient written out: autograd through the
+    softmaxes, the mixture's log and the two KL terms cost 14 % of an ERM step (R18, batch 8, 96x192, CPU)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        log_p, log_q = a.log_softmax(1), b.log_softmax(1)
+        log_m = torch.logaddexp(log_p, log_q) - math.log(2)  # log (p + q) / 2, exact where p and q are tiny
+        p, q = log_p.exp(), log_q.exp()
+        gp, gq = log_p.sub_(log_m), log_q.sub_(log_m)  # d JSD / d p = (log p - log m) / 2 (per pixel)
+        ctx.n = a.numel() // a.shape[1]
+        ctx.save_for_backward(p, q, gp, gq)
+        return ((p * gp).sum() + (q * gq).sum()) / (2 * ctx.n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, q, gp, gq = ctx.saved_tensors
+        scale = grad / (2 * ctx.n)  # through the softmax: p * (g - sum_c p g)
+        return (p * (gp - (p * gp).sum(1, keepdim=True)) * scale, q * (gq - (q * gq).sum(1, keepdim=True)) * scale)
+
+
 def jsd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of the Jensen-Shannon divergence of the class distributions softmax(a), softmax(b) (dim 1),
-    in fp32; log m clamped at 1e-7 (the authors')."""
+    """Mean over pixels of the Jensen-Shannon divergence (KL(p || m) + KL(q || m)) / 2, m = (p + q) / 2, of the class
+    distributions p = softmax(a), q = softmax(b) (dim 1), in fp32 (log m exact; the authors clamp m at 1e-7)."""
     with torch.autocast(a.device.type, enabled=False):
-        p, q = a.float().softmax(1), b.float().softmax(1)
-        log_m = ((p + q) / 2).clamp(1e-7, 1).log()
-        kl = F.kl_div(log_m, p, reduction="none") + F.kl_div(log_m, q, reduction="none")
-        return kl.sum(1).mean() / 2
+        return _JSD.apply(a.float(), b.float())
 
 
 class SHADE(Method):
