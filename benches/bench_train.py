@@ -1,7 +1,9 @@
 """Training throughput: one full step (forward, loss terms, backward, update) per method, in images/s.
 
 Rows: ``erm``, ``slimming`` (+ L1 on γ), ``dsp`` (style-perturbed half batch + adversarial latent step +
-online D-VAE) and ``npdg`` (dsp + sensitivity-weighted L1); ``npdg_sensitivity`` is one sensitivity pass
+online D-VAE), ``npdg`` (dsp + sensitivity-weighted L1), ``sfp`` (a step between soft prunes: ERM's; the soft prune
+every sfp_every steps is not in the row) and ``shade`` (the batch + its style-hallucinated copies from the style
+layer on, + the JSD); ``npdg_sensitivity`` is one sensitivity pass
 (K style variants of ``sens_batch`` images), which the default run amortises over ``sens_every`` steps —
 ``extra_info["amortised_step_s"]`` of the npdg row adds that share.
 Full mode on a GPU: DeepLabV3+ R50 and SegFormer-B0 at 512x512, batch 8, bf16 autocast; also with
@@ -22,12 +24,12 @@ from benches.conftest import env_info, quick_mode, sync
 from benches.step_breakdown import step_fn
 from npdg.config import Config
 from npdg.loop import Context
+from npdg.methods import build_method
 from npdg.models import create_model
-from npdg.train import Recipe
 
 GPU = torch.cuda.is_available() and not quick_mode()
 MODELS = ["deeplabv3plus_r50", "segformer_b0"] if GPU else ["deeplabv3plus_r18", "segformer_b0"]
-METHODS = ["erm", "slimming", "dsp", "npdg"]
+METHODS = ["erm", "slimming", "dsp", "npdg", "sfp", "shade"]
 KERNELS = ["auto", "reference"] if GPU else ["auto"]
 LAYOUTS = ["contiguous", "channels_last"]  # the memory-format lever, erm and npdg rows side by side
 
@@ -41,11 +43,12 @@ def problem_size(device: torch.device, quick: bool) -> tuple[int, tuple[int, int
 def _setup(name, method, device, quick, layout="contiguous"):
     batch, (h, w) = problem_size(device, quick)
     torch.manual_seed(0)
-    cfg = Config(method=method, model=name, batch_size=batch, sens_batch=min(batch, 8), device=str(device))
+    cfg = Config(method=method, model=name, batch_size=batch, sens_batch=min(batch, 8), device=str(device),
+                 shade_every=max(20, -(-64 // batch)))  # (quick: enough styles for shade's 64 basis styles)
     cfg.validate()  # the method's defaults resolve (npdg: iters 60, flops_target 0.6)
     model = create_model(name, num_classes=19).to(device).train()
     ctx = Context(cfg, device)
-    recipe = Recipe(ctx, model)
+    recipe = build_method(ctx, model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, h, w, device=device)
     labels = torch.randint(0, 19, (batch, h, w), device=device)
@@ -60,14 +63,20 @@ def _setup(name, method, device, quick, layout="contiguous"):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", MODELS)
 def test_train_step(benchmark, name, method, kernels, layout, bench_device, quick, monkeypatch):
-    if kernels == "reference" and method in ("erm", "slimming"):
-        pytest.skip("erm / slimming use no custom op")
-    if layout != "contiguous" and (method in ("slimming", "dsp") or kernels != "auto"):
+    if kernels == "reference" and method in ("erm", "slimming", "sfp"):
+        pytest.skip("erm / slimming / sfp use no custom op")
+    if layout != "contiguous" and (method in ("slimming", "dsp", "sfp", "shade") or kernels != "auto"):
         pytest.skip("the layout lever is measured on the erm and npdg rows")
     if kernels != "auto":
         monkeypatch.setenv("NPDG_KERNELS", kernels)
     cfg, model, recipe, opt, images, labels = _setup(name, method, bench_device, quick, layout)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bench_device.type == "cuda" else nullcontext()
+    if method == "shade":  # a basis (from stand-in styles: the step's cost does not depend on their values)
+        from npdg.reference import style_stats
+
+        styles = style_stats(torch.randn(cfg.shade_k, model.style_channels, 4, 4, device=images.device))
+        recipe.bank = [torch.cat(styles, 1)]
+        recipe.choose_basis()
     one_step = step_fn(cfg, model, recipe, opt, images, labels, amp)  # (npdg: refreshes the sensitivity once)
 
     def step():

@@ -44,8 +44,8 @@ from benches.conftest import env_info, sync  # noqa: E402
 from npdg.config import Config  # noqa: E402
 from npdg.dsp.perturb import num_restyled  # noqa: E402
 from npdg.loop import Context  # noqa: E402
+from npdg.methods import build_method  # noqa: E402
 from npdg.models import create_model  # noqa: E402
-from npdg.train import Recipe  # noqa: E402
 
 VARIANTS = {"default": {}, "branch": {"dsp_branch": True}, "adv0.5": {"adv_scale": 0.5}}
 
@@ -64,7 +64,7 @@ def setup(model_name, method, device, batch, size, **keys):
     cfg = Config(method=method, model=model_name, batch_size=batch, sens_batch=min(batch, 8), device=str(device),
                  **keys).validate()
     model = create_model(model_name, num_classes=19, input_norm=cfg.input_norm).to(device).train()
-    recipe = Recipe(Context(cfg, device), model)
+    recipe = build_method(Context(cfg, device), model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.randn(batch, 3, *size, device=device)
     labels = torch.randint(0, 19, (batch, *size), device=device)
@@ -72,9 +72,9 @@ def setup(model_name, method, device, batch, size, **keys):
 
 
 def step_fn(cfg, model, recipe, opt, images, labels, amp):
-    """One full training step of the recipe, as fit() runs it: loss (past the DSP warm-up, not a sensitivity
+    """One full training step of the method, as fit() runs it: loss (past the DSP warm-up, not a sensitivity
     refresh), backward, every optimizer; returns the loss (a tensor: no host sync)."""
-    loss_fn = recipe.sparse_loss_fn(model)
+    loss_fn = recipe.train_loss_fn(model)
     if cfg.method == "npdg":
         recipe.refresh_sensitivity(model, images)  # the timed steps reuse it, as between refreshes
     at = round(cfg.dsp_warmup * cfg.iters) + 2  # past the DSP warm-up, not a refresh step

@@ -49,11 +49,12 @@ def _number(v, what: str) -> float:
 
 def _steps(m: dict, cfg: dict) -> dict:
     """{"train": N, "finetune": M}: metrics.json's record, or (a run from before it) what its config ran."""
-    from npdg.config import PRUNING_METHODS
+    from npdg.methods import REGISTRY, method_class
     from npdg.report import steps_or_config
 
     recorded = m.get("steps")
-    prunes = m.get("method", cfg.get("method")) in PRUNING_METHODS
+    method = m.get("method", cfg.get("method"))
+    prunes = method in REGISTRY and method_class(method).prunes
     steps = recorded if recorded is not None else steps_or_config({}, cfg["iters"], cfg["finetune_iters"], prunes)
     return {k: int(_number(steps[k], f"steps.{k}")) for k in ("train", "finetune")}
 

@@ -14,29 +14,23 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-METHODS = ("erm", "slimming", "dsp", "npdg")
-PRUNING_METHODS = ("slimming", "npdg")  # the methods with a prune + fine-tune stage
+from npdg.methods import REGISTRY, method_class
+
+METHODS = tuple(REGISTRY)  # --method names; each method's facts and defaults live in its class (npdg/methods/)
 DSP_LEVELS = ("feature", "image")
 LR_SCHEDULES = ("stage", "run")
 PRESET_DIR = Path(__file__).parent / "presets"  # --preset NAME loads PRESET_DIR/NAME.yaml first
 
 
-ITERS = {"npdg": 60}  # iters = -1 resolves to these, 200 for the other methods (see Config)
-FLOPS_TARGET = {"npdg": 0.6, "slimming": 0.6}  # flops_target = -1 resolves to these when no ratio / threshold
-#   is given, else 0 (every pruning method to the same FLOPs, so the rows compare)
-# ... and for a MiT (segformer_*) model to this (the transformer's FLOPs bound of issue 16; its attention and
-# embeddings are not prunable, so 0.6 took half the units without the streams): with --prune_residual,
-# three paired seeds, +0.83 [-0.93, +2.59] source over 0.6 (dg_budget260/compare-segformer_b0-npdgEarlyresF75-*)
-FLOPS_TARGET_MIT = 0.75
-FINETUNE_ITERS = {"slimming": 150, "npdg": 200}  # finetune_iters = -1 resolves to these (see Config)
+FLOPS_TARGET_MIT = 0.75  # a pruning method's default FLOPs target on a MiT (segformer_*) model, its class's
+#   flops_target on a CNN: the transformer's FLOPs bound of issue 16 (its attention and embeddings are not prunable,
+#   so 0.6 took half the units without the streams): with --prune_residual, three paired seeds, +0.83 [-0.93, +2.59]
+#   source over 0.6 (dg_budget260/compare-segformer_b0-npdgEarlyresF75-*)
 BUDGET = 260  # budget = -1 resolves to this when iters is not given: every method's default run spends the same
 #   optimiser steps in all (issue 32: a default only one method gets shows up as that method's gain)
 INPUT_NORM_MIT = False  # input_norm = None resolves to on for every method on a CNN, to this on a MiT (segformer_*)
 #   model: the source-only gate on B0's own paired runs failed (three seeds, source -1.84 [-4.20, +0.51] against
 #   input_norm off; dg_budget260/compare-segformer_b0-npdgIn-npdgPs2)
-STYLE_POINT_MIT = {"npdg": "embed"}  # style_point = "" resolves to these for a MiT model, "stage" otherwise: B0,
-# five paired seeds, source +0.46 [-0.25, +1.18] and style-shifted source val +0.94 [+0.22, +1.66] over "stage"
-# (dg_budget260/compare-segformer_b0-npdgEmbed-npdgEarlyresF75ps2, styleval05-segformer_b0.json)
 
 
 class ConfigError(ValueError, KeyError):
@@ -48,7 +42,8 @@ class ConfigError(ValueError, KeyError):
 @dataclass
 class Config:
     # --- what to train
-    method: str = "npdg"  # recipe: erm (source only) | slimming (L1 on γ, prune) | dsp | npdg
+    method: str = "npdg"  # erm (source only) | slimming (L1 on γ, prune) | dsp | npdg | sfp (soft filter pruning) |
+    #   shade (style hallucination + consistency); one class each in npdg/methods/
     preset: str = ""  # a YAML under npdg/presets/ applied before --config and overrides (e.g. quick)
     model: str = "deeplabv3plus_r18"  # any name from npdg.models.available_models()
     num_classes: int = 19  # Cityscapes train ids
@@ -95,9 +90,9 @@ class Config:
     flops_target: float = -1.0  # > 0: instead of ratio, the smallest ratio (bisection, to 1e-3) whose compact model
     #   has at most this fraction of the dense model's FLOPs (counted like the report: eval_size on the embedded
     #   benchmark, else crop); the chosen ratio is printed and recorded (metrics.json final.prune_ratio); 0 = off
-    #   (ratio); -1 = the method's default: 0.6 for npdg unless ratio or threshold is given (ten paired seeds at
-    #   260 steps: FLOPs 58.9-60.0 % on every seed, source +0.27 [-0.35, +0.89] over ratio 0.3; 0.75 for a MiT
-    #   model, FLOPS_TARGET_MIT), else 0
+    #   (ratio); -1 = the method's default: 0.6 for npdg, slimming and sfp unless ratio or threshold is given (npdg,
+    #   ten paired seeds at 260 steps: FLOPs 58.9-60.0 % on every seed, source +0.27 [-0.35, +0.89] over ratio 0.3;
+    #   0.75 for a MiT model, FLOPS_TARGET_MIT), else 0
     round_to: int = 8  # kept widths are multiples of this (tensor cores / SIMD); 1 = exact
     min_keep: int = 1  # units every group keeps at least
     exact_ratio: bool = False  # ratio = the fraction of units actually removed per kind (whole round_to steps
@@ -112,7 +107,9 @@ class Config:
     finetune_iters: int = -1  # fine-tuning steps of the compacted model (own poly schedule); -1 = the method's
     #   default: 150 for slimming (its prune removes ~half the FLOPs; 60 steps left source -6.7 vs ERM, 150 steps
     #   +3.9, chosen on source val), 200 for npdg (the compact network trains with DSP: see iters; the paper
-    #   presets state their 10k). Scaling a budget scales both stages (780 steps: --finetune_iters=600)
+    #   presets state their 10k), 60 for sfp (its soft prunes leave the filters it removes silent already; the
+    #   paper reports no fine-tuning, so it needs little). Scaling a budget scales both stages (780 steps:
+    #   --finetune_iters=600)
     finetune_lr: float = 0.0  # 0 = lr
     finetune_kd: float = 0.0  # slimming / npdg: the fine-tune adds finetune_kd x the per-pixel KL divergence of
     #   the pruned model's predictions on the clean images from the dense model's (dense.pt, frozen, eval mode;
@@ -164,7 +161,7 @@ class Config:
     style_point: str = ""  # segformer_* models: where the feature-level restyle (and npdg's sensitivity restyle)
     #   acts: stage = stage 1's output; embed = stage 1's patch embedding, before its blocks (those blocks' heads /
     #   Mix-FFN channels then see the style change and get scores); "" = embed for npdg on a MiT model
-    #   (STYLE_POINT_MIT), stage otherwise (the baselines and the CNNs as before)
+    #   (the method class's style_point_mit), stage otherwise (the baselines and the CNNs as before)
     dsp_warmup: float = 0.25  # fraction of the train stage's first steps without restyling (the D-VAE still
     #   learns the source styles): seed 0, judged on source val, 0 -> 0.25 gave final source 34.11 -> 36.57
     dsp_latent: int = 32  # D-VAE latent size
@@ -190,6 +187,21 @@ class Config:
     #   2 since 2026-11-30 (was 1): five paired seeds on the early prune, source +0.04 [-0.79, +0.87], the
     #   candidate of highest source among those passing a rule fixed beforehand (dg_budget260/compare5-npdgPs2-*)
 
+    # --- sfp: Soft Filter Pruning (He et al., IJCAI 2018; npdg/methods/sfp.py). Prunes to flops_target (npdg's) by
+    #   default, or --ratio: the fraction of every unit group zeroed / removed (in (0, 1))
+    sfp_every: int = 10  # steps between soft prunes (the paper: one per epoch); 10 for the 260-step budget: ~20
+    #   zeroings over sfp's 200 train steps, as the paper's ~100-200 epochs give it many
+
+    # --- shade: Style-Hallucinated Dual Consistency Learning (Zhao et al., ECCV 2022; npdg/methods/shade.py)
+    shade_k: int = 64  # basis styles (the paper's 64), chosen by farthest-point sampling from the source styles seen
+    #   over the last shade_every steps: needs shade_k <= shade_every x batch_size
+    shade_every: int = 20  # steps between basis refreshes (the authors: every 3 epochs over the whole source set); the
+    #   first shade_every steps train on the clean batch while the first styles are collected
+    shade_concentration: float = 0.0156  # Dirichlet concentration of the combination weights (the authors' 1/64)
+    shade_sc: float = 10.0  # λ_SC: weight of the style consistency (JSD of clean and hallucinated predictions)
+    shade_rc: float = 1.0  # λ_RC: weight of the retrospection consistency (with --pretrained only: the features of
+    #   the frozen ImageNet backbone)
+
     # --- running
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 2  # DataLoader worker processes
@@ -207,12 +219,13 @@ class Config:
             raise ConfigError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
         if self.budget == -1:  # (before iters resolves: a given iters turns the default budget off)
             self.budget = BUDGET if self.iters == -1 else 0
+        method = method_class(self.method)
         if self.iters == -1:
-            self.iters = ITERS.get(self.method, 200)
+            self.iters = method.iters
         if self.input_norm is None:
             self.input_norm = INPUT_NORM_MIT if self.mit_model else True
         if self.style_point == "":
-            self.style_point = STYLE_POINT_MIT.get(self.method, "stage") if self.mit_model else "stage"
+            self.style_point = method.style_point_mit if self.mit_model else "stage"
         for name in ("iters", "batch_size", "num_classes", "train_num"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -224,7 +237,7 @@ class Config:
             _check_range(self, name, 0, None)
         if self.flops_target == -1:  # (before ratio resolves: a given ratio or threshold chooses the prune)
             chosen = self.ratio != -1 or self.threshold > 0
-            default = FLOPS_TARGET.get(self.method, 0.0)
+            default = method.flops_target
             if default and self.mit_model:
                 default = FLOPS_TARGET_MIT
             self.flops_target = 0.0 if chosen else default
@@ -239,7 +252,7 @@ class Config:
         _check_range(self, "dsp_warmup", 0, 1)
         _check_range(self, "dsp_lr", 0, None, low_open=True)
         if self.finetune_iters == -1:
-            self.finetune_iters = FINETUNE_ITERS.get(self.method, 60)
+            self.finetune_iters = method.finetune_iters
         elif self.finetune_iters < 0:
             raise ConfigError(f"finetune_iters must be >= 0 (or -1: the method's default), got {self.finetune_iters}")
         for name, low in (("round_to", 1), ("min_keep", 1), ("finetune_iters", 0), ("adv_steps", 0),
@@ -322,6 +335,7 @@ class Config:
                               "image per channel, which undoes the pixel restyle; give --input_norm=false with it")
         if self.sens_precision not in ("ieee", "tf32", "tf32x3"):
             raise ConfigError(f"sens_precision={self.sens_precision!r}: expected ieee, tf32 or tf32x3")
+        method.check(self)
         return self
 
     def check_files(self) -> None:
@@ -365,11 +379,11 @@ class Config:
 
     @property
     def prunes(self) -> bool:
-        return self.method in PRUNING_METHODS
+        return method_class(self.method).prunes
 
     @property
     def uses_dsp(self) -> bool:
-        return self.method in ("dsp", "npdg")
+        return method_class(self.method).uses_dsp
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -96,8 +96,9 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     out = out or sys.stdout
     from npdg.eval import evaluate
     from npdg.loop import Context, batches
+    from npdg.methods import build_method
     from npdg.pruning import params
-    from npdg.train import Recipe, Run, build_model, eval_protocols
+    from npdg.train import Run, build_model, eval_protocols
 
     t_start = time.perf_counter()
     cfg.check_files()
@@ -112,7 +113,8 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     small = dataclasses.replace(
         cfg, iters=steps, finetune_iters=1 if cfg.prunes else 0, batch_size=b, val_num=1, dsp_warmup=0.0,
         sens_every=10**9, sens_batch=min(cfg.sens_batch, b), ckpt_every=10**9, log_every=10**9,
-        workers=workers, device=str(device), out="", eval_every=0)
+        workers=workers, device=str(device), out="", eval_every=0,
+        shade_every=1, shade_k=min(cfg.shade_k, b))  # shade: the measured steps hallucinate (a basis from step 1)
     ctx = Context(small, device)
     model = model.to(device)
     result: dict = {"parameters": sum(p.numel() for p in model.parameters()), "device": str(device),
@@ -121,12 +123,12 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     with tempfile.TemporaryDirectory(prefix="npdg-dry-run-") as tmp:
         run = Run(small, Path(tmp), ctx)
         run.train_set = train_set
-        recipe = Recipe(ctx, model)
+        method = build_method(ctx, model)
         sens_s = []
-        sparse_loss_fn = recipe.sparse_loss_fn
+        train_loss_fn = method.train_loss_fn
 
         def timed_loss_fn(m):
-            inner = sparse_loss_fn(m)
+            inner = train_loss_fn(m)
 
             def loss_fn(net, step, images, labels):
                 if step == steps:  # the activation memory of one real step of this recipe
@@ -137,22 +139,24 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
                 return inner(net, step, images, labels)
             return loss_fn
 
-        refresh = recipe.refresh_sensitivity
+        method.train_loss_fn = timed_loss_fn
+        if hasattr(method, "refresh_sensitivity"):  # npdg
+            refresh = method.refresh_sensitivity
 
-        def timed_refresh(m, images):
-            t = time.perf_counter()
-            refresh(m, images)
-            sens_s.append(time.perf_counter() - t)
+            def timed_refresh(m, images):
+                t = time.perf_counter()
+                refresh(m, images)
+                sens_s.append(time.perf_counter() - t)
 
-        recipe.sparse_loss_fn, recipe.refresh_sensitivity = timed_loss_fn, timed_refresh
-        run.stage_train(model, recipe, None)
+            method.refresh_sensitivity = timed_refresh
+        run.stage_train(model, method, None)
         result["sensitivity_s"] = sens_s[0] if sens_s else 0.0
         steps_s = ctx.history["step_seconds"]["train"]
         result["first_step_s"] = steps_s[0]  # one-off costs (kernel compilation, workers) + the sensitivity pass
         result["train_step_s"] = min(steps_s[1:] or [steps_s[0] - result["sensitivity_s"]])
         if cfg.prunes:
-            small_model = run.stage_prune(model, recipe)
-            run.stage_finetune(small_model, recipe, None)
+            small_model = run.stage_prune(model, method)
+            run.stage_finetune(small_model, method, None)
             result["finetune_step_s"] = ctx.history["step_seconds"]["finetune"][-1]
             result["final_params_fraction"] = params(small_model) / params(model)
         else:

@@ -17,7 +17,9 @@ import npdg.loop
 from npdg import load_model
 from npdg.config import load_config
 from npdg.loop import Context, amp_autocast, autocast
-from npdg.train import Recipe, main
+from npdg.methods import build_method
+from npdg.methods.base import Method
+from npdg.train import main
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -109,7 +111,7 @@ def _recipe(method="npdg"):
                                  "--dsp_latent=4", "--device=cpu"])
     model = create_model(cfg.model, num_classes=cfg.num_classes)
     images, labels = torch.randn(2, 3, 40, 72), torch.randint(0, 19, (2, 40, 72))
-    return Recipe(Context(cfg, torch.device("cpu")), model), model, images, labels
+    return build_method(Context(cfg, torch.device("cpu")), model), model, images, labels
 
 
 def test_dvae_sensitivity_and_loss_stay_fp32_under_autocast(monkeypatch):
@@ -132,7 +134,7 @@ def test_dvae_sensitivity_and_loss_stay_fp32_under_autocast(monkeypatch):
         assert model(images).dtype == torch.bfloat16  # the autocast is on: the model itself runs in bf16
         recipe.refresh_sensitivity(model, images)
         loss, logs = recipe.task_loss(model, model, images, labels)
-        plain = Recipe.seg_loss(model(images), labels)
+        plain = Method.seg_loss(model(images), labels)
     assert seen and set(seen) == {torch.float32}, seen  # the Gram / variance input
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in recipe.weights.values())
     assert loss.dtype == torch.float32 and plain.dtype == torch.float32 and torch.isfinite(loss)

@@ -96,21 +96,23 @@ def test_dsp_colour_is_checked_and_reaches_the_dsp():
     cfg = load_config(None, ["--dsp_colour=0.5", "--input_norm"])  # unlike dsp_pixel, allowed with input_norm
     assert cfg.dsp_colour == 0.5 and load_config(None, []).dsp_colour == 0.0
     from npdg.loop import Context
-    from npdg.train import Recipe, build_model
+    from npdg.methods import build_method
+    from npdg.train import build_model
 
-    recipe = Recipe(Context(cfg, torch.device("cpu")), build_model(cfg))
+    recipe = build_method(Context(cfg, torch.device("cpu")), build_model(cfg))
     assert recipe.dsp.colour == 0.5
 
 
 @pytest.mark.parametrize("sens_colour", [True, False])
 def test_sens_colour_chooses_the_sensitivity_variants(sens_colour):
     from npdg.loop import Context
-    from npdg.train import Recipe, build_model
+    from npdg.methods import build_method
+    from npdg.train import build_model
 
     cfg = load_config(None, ["--dsp_colour=0.5", f"--sens_colour={str(sens_colour).lower()}", "--sens_batch=2"])
     torch.manual_seed(0)
     model = build_model(cfg)
-    recipe = Recipe(Context(cfg, torch.device("cpu")), model)
+    recipe = build_method(Context(cfg, torch.device("cpu")), model)
     assert recipe.dsp.colour == 0.5  # the training restyle either way
     recipe.refresh_sensitivity(model, torch.randn(2, 3, 32, 64))
     assert bool(recipe.last_sensitivity.upstream) is not sens_colour  # units before the style layer: only with it

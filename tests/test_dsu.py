@@ -140,7 +140,8 @@ def test_dsu_is_checked_and_reaches_the_recipe():
         FeatureDSP(4, dsu=2.0)
     assert load_config(None, []).dsu == 0.0
     from npdg.loop import Context
-    from npdg.train import Recipe, build_model
+    from npdg.methods import build_method
+    from npdg.train import build_model
 
     cfg = load_config(None, ["--dsu=0.5"])
-    assert Recipe(Context(cfg, torch.device("cpu")), build_model(cfg)).dsp.dsu == 0.5
+    assert build_method(Context(cfg, torch.device("cpu")), build_model(cfg)).dsp.dsu == 0.5

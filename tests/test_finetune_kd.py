@@ -10,8 +10,9 @@ import torch
 from npdg.config import Config, ConfigError, load_config
 from npdg.dsp.perturb import distill_kl
 from npdg.loop import Context
+from npdg.methods import build_method
 from npdg.models import create_model
-from npdg.train import Recipe, main
+from npdg.train import main
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -41,18 +42,18 @@ def test_the_teacher_sees_the_same_clean_images_as_the_student_rows_it_is_compar
     torch.manual_seed(0)
     cfg = Config(method="npdg", finetune_kd=1.0, dsp_copy=copy_, dsp_p=0.5, device="cpu").validate()
     model = create_model("deeplabv3plus_r18", num_classes=19).eval()
-    recipe = Recipe(Context(cfg, torch.device("cpu")), model)
+    recipe = build_method(Context(cfg, torch.device("cpu")), model)
     recipe.teacher = copy.deepcopy(model)
     images, labels = torch.randn(4, 3, 40, 72), torch.randint(0, 19, (4, 40, 72))
     seen = []
     model.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
-    loss, logs = recipe.plain_loss_fn(model)(model, 1, images, labels)
+    loss, logs = recipe.finetune_loss_fn(model)(model, 1, images, labels)
     assert logs["kd"] < 1e-6
     restyled = seen[-1][:2]  # the training forward's first 2 rows are restyled (copies or in place)
     with torch.no_grad():
         assert distill_kl(restyled, model(images[:2])) > 1e-3
     recipe.teacher = None  # no teacher: no term
-    assert "kd" not in recipe.plain_loss_fn(model)(model, 1, images, labels)[1]
+    assert "kd" not in recipe.finetune_loss_fn(model)(model, 1, images, labels)[1]
 
 
 def _rows(out):

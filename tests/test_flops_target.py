@@ -58,8 +58,8 @@ def test_config_range(args, message):
     (["--method=npdg", "--flops_target=0"], (0.0, 0.3)),
     (["--method=npdg", "--model=segformer_b0"], (0.75, 0.3)),  # a MiT's default target: its FLOPs bound
     (["--method=npdg", "--model=segformer_b0", "--ratio=0.3"], (0.0, 0.3)),
-    (["--method=slimming"], (0.0, 0.3)),
-    (["--method=slimming", "--model=segformer_b0"], (0.0, 0.3)),
+    (["--method=slimming"], (0.6, 0.3)),  # npdg's target (issue 32: every pruning method to the same FLOPs)
+    (["--method=slimming", "--model=segformer_b0"], (0.75, 0.3)),
     (["--preset=gta5_cityscapes_r50"], (0.0, 0.3)),  # the paper prunes a ratio
 ])
 def test_default_resolution(args, expected):

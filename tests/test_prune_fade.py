@@ -7,10 +7,10 @@ from helpers import random_scores, stream_groups
 
 from npdg.config import ConfigError, load_config
 from npdg.loop import Context
+from npdg.methods import build_method
 from npdg.models import create_model
 from npdg.models.units import CoupledGroup
 from npdg.pruning import apply_masks, compact, scale_masked_, select_masks
-from npdg.train import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -44,8 +44,8 @@ def test_fade_shrinks_linearly_then_the_stage_end_zeroes():
     cfg = load_config(None, ["--method=slimming", "--iters=4", "--prune_fade=0.5", "--sparsity=0", "--ratio=0.3",
                              "--round_to=1"])
     model = create_model("deeplabv3plus_r18", num_classes=cfg.num_classes)
-    recipe = Recipe(Context(cfg=cfg, device=torch.device("cpu")), model)
-    loss_fn = recipe.sparse_loss_fn(model)
+    recipe = build_method(Context(cfg=cfg, device=torch.device("cpu")), model)
+    loss_fn = recipe.train_loss_fn(model)
     gammas = {g.name: g.gamma() for g in model.prunable_units()}
     with torch.no_grad():
         for g in gammas.values():

@@ -120,8 +120,8 @@ def test_prune_residual_config_on_a_model_without_streams_exits_2(tmp_path, caps
 
 def test_sensitivity_covers_the_streams_and_feeds_the_penalty_and_the_prune():
     from npdg.dsp.perturb import FeatureDSP
+    from npdg.methods.base import prune_scores
     from npdg.sensitivity import compute_sensitivity
-    from npdg.train import prune_scores
 
     m = _dense("deeplabv3plus_r50")
     torch.manual_seed(0)

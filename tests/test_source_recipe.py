@@ -6,10 +6,10 @@ from helpers import restyled_copies_inputs
 
 from npdg.config import ConfigError, available_presets, load_config
 from npdg.dsp.perturb import FeatureDSP, cross_entropy, pixel_restyle
+from npdg.methods.base import prune_scores
 from npdg.models import create_model
 from npdg.pruning import select_masks
 from npdg.sensitivity import Sensitivity, pruned_vs_kept
-from npdg.train import prune_scores
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -62,7 +62,7 @@ def _grads(module):
 
 
 def _train_step(monkeypatch, backend):
-    """One FeatureDSP step as the trainer runs it (Recipe.task_loss -> FeatureDSP.task_loss): ascent on delta,
+    """One FeatureDSP step as the trainer runs it (the dsp method's task_loss -> FeatureDSP.task_loss): ascent on delta,
     the restyled training forward, one backward. float64 model, seeded identically for every backend."""
     monkeypatch.setenv("NPDG_KERNELS", backend)
     torch.manual_seed(0)

@@ -153,12 +153,13 @@ def select_masks(
 
 
 def select_masks_for_flops(model: nn.Module, target: float, size: tuple[int, int], tol: float = 1e-3,
-                           **kwargs) -> tuple[dict[str, torch.Tensor], float]:
+                           select=None, **kwargs) -> tuple[dict[str, torch.Tensor], float]:
     """(masks, ratio): :func:`select_masks` at the smallest ratio (to within ``tol``) whose compacted model
     costs at most ``target`` x the dense model's FLOPs on a ``size`` input; ``kwargs`` go to select_masks
     (anything but ratio / threshold). Per kind the removed set only grows with the ratio (one ranking, a
     count that rises), so the FLOPs only fall: a bisection, each probe a compaction and one counted forward.
-    Raises :class:`PruningError` when even the largest ratio keeps more than the target."""
+    ``select``: another rule ratio -> masks whose removed sets also only grow with the ratio (sfp: a fraction of
+    every group). Raises :class:`PruningError` when even the largest ratio keeps more than the target."""
     from npdg.pruning.compact import compact
     from npdg.pruning.flops import flops
 
@@ -170,7 +171,7 @@ def select_masks_for_flops(model: nn.Module, target: float, size: tuple[int, int
     budget = target * dense
 
     def probe(ratio):
-        masks = select_masks(model, ratio=ratio, **kwargs)
+        masks = select(ratio) if select is not None else select_masks(model, ratio=ratio, **kwargs)
         return masks, flops(compact(model, masks), size)
 
     hi = 1 - 1e-9
