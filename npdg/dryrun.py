@@ -54,9 +54,9 @@ def _device(cfg: Config) -> tuple[torch.device, str]:
 def check_data(cfg: Config) -> tuple:
     """Build the training set and every evaluation set (roots, split files) and decode the first samples'
     labels (encoding); (training set, {SPEC: evaluation set}). Raises the loaders' one-line errors."""
+    from npdg.builders import eval_datasets, train_dataset
     from npdg.data import DatasetError
     from npdg.data.labels import IGNORE_INDEX
-    from npdg.train import eval_datasets, train_dataset
 
     train_set, val_sets = train_dataset(cfg), eval_datasets(cfg)
     for spec, ds in {f"{cfg.source} (train)": train_set, **val_sets}.items():
@@ -94,11 +94,12 @@ def dry_run(cfg: Config, batch: int | None = None, steps: int = 2, out=None) -> 
     """Run the checks and the measured steps; print the projection (to ``out``, default stdout); return every
     number as a dict."""
     out = out or sys.stdout
+    from npdg.builders import build_model, eval_protocols
     from npdg.eval import evaluate
     from npdg.loop import Context, batches
     from npdg.methods import build_method
     from npdg.pruning import params
-    from npdg.train import Run, build_model, eval_protocols
+    from npdg.run import Run
 
     t_start = time.perf_counter()
     cfg.check_files()

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import npdg
 from npdg import checkpoint
+from npdg.builders import eval_protocols, flops_size
 
 
 def _evaluate(model, val_sets, cfg, device) -> dict:
     """{SPEC: evaluate() result}, each SPEC with its protocol (npdg.data.protocol; the datasets were built
     for it by npdg.train.eval_datasets)."""
     from npdg.eval import evaluate
-    from npdg.train import eval_protocols
-
     protocols = eval_protocols(cfg)
     return {spec: evaluate(model, ds, batch_size=cfg.batch_size, device=device, desc=f"eval {spec}",
                            amp=cfg.amp, **protocols[spec].eval_kwargs())
@@ -36,9 +35,6 @@ def prune_ratio(cfg, metrics: dict) -> float:
     return metrics["final"].get("prune_ratio", cfg.ratio)
 
 
-def flops_size(cfg) -> tuple[int, int]:
-    """The input size FLOPs are counted at: eval_size on the embedded benchmark, the training crop otherwise."""
-    return tuple(cfg.eval_size) if cfg.source.startswith("synthetic:") else tuple(cfg.crop)
 
 
 def _entry(model, results, cfg) -> dict:
@@ -71,8 +67,6 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     device = ctx.device
     dense = npdg.load_model(run_dir / "dense.pt").to(device)
     dense_res = _evaluate(dense, val_sets, cfg, device)
-    from npdg.train import eval_protocols
-
     h, w = flops_size(cfg)
     from npdg.metrics import MIOU_DEFINITION
 

@@ -72,6 +72,7 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch, m
     import torch
 
     import npdg.loop
+    import npdg.run
     import npdg.train
     from npdg import load_model
 
@@ -89,7 +90,7 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch, m
 
         return original_fit(ctx, name, model, dataset, interrupted, *a, **k)
 
-    monkeypatch.setattr(npdg.train, "fit", fit)
+    monkeypatch.setattr(npdg.run, "fit", fit)  # (the stage machine calls fit)
     with pytest.raises(_Interrupt):
         main(args + ["--out", str(tmp_path / "cut")])
     monkeypatch.undo()

@@ -305,7 +305,7 @@ def test_guard_classifies():
 
 _CRASHING_RUN = """
 import os, signal, sys
-import npdg.train as t
+import npdg.run as t
 real = t.train_dataset
 def crashing(cfg):
     ds = real(cfg)
@@ -322,7 +322,8 @@ def crashing(cfg):
     ds.__class__ = Crash
     return ds
 t.train_dataset = crashing
-t.main(sys.argv[1:])
+import npdg.train
+npdg.train.main(sys.argv[1:])
 """
 
 

@@ -100,6 +100,7 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     main(args + ["--out", str(tmp_path / "whole")])
 
     import npdg.loop
+    import npdg.run
     import npdg.train
 
     if where == "between_stages":
@@ -121,7 +122,7 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
 
             return original_fit(ctx, name, model, dataset, interrupted, *a, **k)
 
-        monkeypatch.setattr(npdg.train, "fit", fit)
+        monkeypatch.setattr(npdg.run, "fit", fit)  # (the stage machine calls fit)
     with pytest.raises(_Interrupt):
         main(args + ["--out", str(tmp_path / "cut")])
     monkeypatch.undo()
@@ -250,7 +251,7 @@ def test_ddp_two_cpu_processes_slimming(tmp_path, extra):
 def _nan_at(monkeypatch, stage, step):
     """Make the loss of one step NaN."""
     import npdg.loop
-    import npdg.train
+    import npdg.run
 
     original_fit = npdg.loop.fit
 
@@ -261,7 +262,7 @@ def _nan_at(monkeypatch, stage, step):
 
         return original_fit(ctx, name, model, dataset, poisoned, *a, **k)
 
-    monkeypatch.setattr(npdg.train, "fit", fit)
+    monkeypatch.setattr(npdg.run, "fit", fit)  # (the stage machine calls fit)
 
 
 def test_nan_loss_stops_with_stage_and_step(tmp_path, monkeypatch, capsys):

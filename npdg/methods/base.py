@@ -135,8 +135,8 @@ def choose_masks(ctx: Context, model, sens) -> dict:
         rules = dict(round_to=cfg.round_to, min_keep=cfg.min_keep, prune_residual=cfg.prune_residual,
                      scores=prune_scores(model, sens, cfg.prune_sens, cfg.prune_residual), exact_ratio=cfg.exact_ratio)
         if cfg.flops_target > 0:
+            from npdg.builders import flops_size
             from npdg.pruning import select_masks_for_flops
-            from npdg.report import flops_size
 
             chosen, ratio = select_masks_for_flops(model, cfg.flops_target, flops_size(cfg), **rules)
             ctx.history["prune_ratio"] = ratio

@@ -108,7 +108,7 @@ class SHADE(Method):
         self.basis = None  # (mean (K, C), std (K, C))
         self.teacher = None  # the frozen ImageNet model of the retrospection consistency
         if self.cfg.pretrained and self.cfg.shade_rc > 0:
-            from npdg.train import build_model
+            from npdg.builders import build_model
 
             with torch.random.fork_rng(devices=[]):  # (its random head is unused: the run's RNG stays as it was)
                 self.teacher = build_model(self.cfg).to(ctx.device).eval().requires_grad_(False)

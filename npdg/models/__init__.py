@@ -8,6 +8,7 @@
 Names: deeplabv3plus_r18/_r50/_r101, deeplab_vgg16, segformer_b0 ... segformer_b5.
 """
 
+from npdg.models import deeplab, segformer  # noqa: E402, F401  (importing them registers the built-in models)
 from npdg.models.registry import (
     UnknownModelError,
     available_models,

@@ -37,19 +37,12 @@ def register_model(name: str, residual: bool = False):
     return add
 
 
-def _load_builtin_models() -> None:
-    # Importing the modules registers their builders (cheap: torch only, no weights).
-    from npdg.models import deeplab, segformer  # noqa: F401
-
-
 def available_models() -> list[str]:
-    _load_builtin_models()
     return sorted(_REGISTRY)
 
 
 def residual_models() -> list[str]:
     """Names of the models that declare residual-stream groups (``prunable_units(residual=True)``)."""
-    _load_builtin_models()
     return sorted(_RESIDUAL)
 
 
@@ -67,7 +60,6 @@ def create_model(name: str, num_classes: int = 19, pretrained: str | None = None
     Pretrained loading maps torchvision (ResNet, VGG-16-BN), SegFormer/mmseg and Hugging Face (MiT)
     key styles; the missing/unexpected keys are warned about and kept in ``model.pretrained_report``.
     """
-    _load_builtin_models()
     if name not in _REGISTRY:
         raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
