@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def _short(spec: str) -> str:
 def load_model_runs(model_dir: Path) -> dict[str, list[dict]]:
     """{method: [metrics, ...]} of one model's committed runs, methods in METHOD_ORDER, seeds sorted."""
     runs: dict[str, list[dict]] = {}
-    for f in sorted(model_dir.glob("*-s*.json")):
+    for f in sorted(model_dir.glob("*.json")):
+        if f.name.startswith("compare-") or not re.fullmatch(r".+-s\d+\.json", f.name):
+            continue  # the paired comparisons written beside the runs
         m = json.loads(f.read_text())
         m["_file"] = f
         runs.setdefault(m["method"], []).append(m)
