@@ -120,3 +120,22 @@ def restyled_copies_inputs(model, images, labels, **dsp_kwargs):
     assert n == (images.shape[0] + 1) // 2 and torch.equal(train[n:], images)  # the clean batch is untouched
     torch.testing.assert_close(ascent[:n], train[:n])  # the adversary ascends from the same inputs
     return train[:n]
+
+
+def interrupt_fit_at(monkeypatch, stage: str, step: int, exc: type[BaseException]) -> None:
+    """Make the stage machine's fit raise ``exc`` at ``step`` of ``stage`` (after the checkpoint at step - 1): a kill
+    in the middle of a run, for the resume tests; ``monkeypatch.undo()`` restores fit."""
+    import npdg.loop
+    import npdg.run
+
+    original_fit = npdg.loop.fit
+
+    def fit(ctx, name, model, dataset, loss_fn, *a, **k):
+        def interrupted(net, s, images, labels):
+            if name == stage and s == step:
+                raise exc
+            return loss_fn(net, s, images, labels)
+
+        return original_fit(ctx, name, model, dataset, interrupted, *a, **k)
+
+    monkeypatch.setattr(npdg.run, "fit", fit)  # (the stage machine calls fit)

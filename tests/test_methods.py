@@ -4,6 +4,7 @@ the trainer's stage machine calls only that interface, so a method registered fr
 import json
 
 import pytest
+from helpers import interrupt_fit_at
 
 import npdg.methods
 from npdg.config import METHODS, load_config
@@ -71,26 +72,13 @@ class _Interrupt(BaseException):
 def test_a_resumed_run_reproduces_the_uninterrupted_one(tmp_path, monkeypatch, method, stage, cut_at, extra):
     import torch
 
-    import npdg.loop
-    import npdg.run
-    import npdg.train
     from npdg import load_model
 
     args = ["--iters=6", "--finetune_iters=2", "--budget=0", "--train_num=8", "--val_num=2", "--crop=40x72",
             "--eval_size=40x72", "--workers=0", "--batch_size=2", "--log_every=2", "--targets=synthetic:fog",
             "--ckpt_every=2", f"--method={method}", *extra]
     main(args + ["--out", str(tmp_path / "whole")])
-    original_fit = npdg.loop.fit
-
-    def fit(ctx, name, model, dataset, loss_fn, *a, **k):
-        def interrupted(net, step, images, labels):
-            if name == stage and step == cut_at:
-                raise _Interrupt
-            return loss_fn(net, step, images, labels)
-
-        return original_fit(ctx, name, model, dataset, interrupted, *a, **k)
-
-    monkeypatch.setattr(npdg.run, "fit", fit)  # (the stage machine calls fit)
+    interrupt_fit_at(monkeypatch, stage, cut_at, _Interrupt)
     with pytest.raises(_Interrupt):
         main(args + ["--out", str(tmp_path / "cut")])
     monkeypatch.undo()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import interrupt_fit_at
 
 import npdg
 from npdg import load_model
@@ -99,8 +100,6 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
         args += ["--swa=0.75"]
     main(args + ["--out", str(tmp_path / "whole")])
 
-    import npdg.loop
-    import npdg.run
     import npdg.train
 
     if where == "between_stages":
@@ -112,17 +111,7 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch, where):
     else:
         stage = "finetune" if where.startswith("inside_finetune") else "train"
         cut_at = 5 if where == "inside_fade" else 3
-        original_fit = npdg.loop.fit
-
-        def fit(ctx, name, model, dataset, loss_fn, *a, **k):
-            def interrupted(net, step, images, labels):
-                if name == stage and step == cut_at:  # after the checkpoint at step cut_at - 1
-                    raise _Interrupt
-                return loss_fn(net, step, images, labels)
-
-            return original_fit(ctx, name, model, dataset, interrupted, *a, **k)
-
-        monkeypatch.setattr(npdg.run, "fit", fit)  # (the stage machine calls fit)
+        interrupt_fit_at(monkeypatch, stage, cut_at, _Interrupt)  # after the checkpoint at step cut_at - 1
     with pytest.raises(_Interrupt):
         main(args + ["--out", str(tmp_path / "cut")])
     monkeypatch.undo()
