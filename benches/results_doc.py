@@ -30,6 +30,7 @@ MODEL_NAMES = {"deeplabv3plus_r18": "DeepLabV3+ ResNet-18", "segformer_b0": "Seg
 TRAIN_STEP_FILES = {"2-core AMD EPYC (CPU, fp32, batch 8, 96x192)": "cpu_2core_train_step_default_recipe.json",
                     "NVIDIA H200 (bf16, batch 8, 512x512)": "gpu_h200/bench_train.json"}
 RUNTIME_FILES = {"NVIDIA H200 (eager, batch 4)": "gpu_h200/bench_runtimes.json"}
+BREAKDOWN_FILES = {"2-core Intel Xeon (CPU, fp32, batch 8, 96x192)": "cpu_2core_xeon_step_breakdown.json"}
 
 
 def rel(path: Path) -> str:
@@ -161,7 +162,8 @@ def _benchmarks(path: Path) -> list[dict]:
 
 
 def performance() -> str:
-    lines = ["Training step, `benches/bench_train.py` (median; one run per file, side by side):", "",
+    lines = ["Training step (median; `benches/bench_train.py` or `benches/step_breakdown.py`, one run per file, its rows "
+             "side by side):", "",
              "| machine | model | erm step | npdg step | npdg / erm | file |", "|---|---|---:|---:|---:|---|"]
     for machine, name in TRAIN_STEP_FILES.items():
         path = RESULTS / name
@@ -176,6 +178,13 @@ def performance() -> str:
             if erm and npdg:
                 lines.append(f"| {machine} | {model} | {erm:.1f} ms | {npdg:.1f} ms | {npdg / erm:.2f}× | "
                              f"`{rel(path)}` |")
+    for machine, name in BREAKDOWN_FILES.items():
+        path = RESULTS / name
+        for row in json.loads(path.read_text())["rows"]:
+            t, r = row["seconds"], row["ratios"]
+            lines.append(f"| {machine} | {row['model']} ({row['variant']}, `benches/step_breakdown.py`) | "
+                         f"{t['erm_step'] * 1e3:.1f} ms | {t['step'] * 1e3:.1f} ms | {r['step_over_erm']:.2f}× | "
+                         f"`{rel(path)}` |")
     lines += ["", "Pruned (ratio 0.3, `round_to` 8) against dense, `benches/bench_runtimes.py`:", "",
               "| machine | model | dense | pruned | FLOPs pruned / dense | speed-up | file |",
               "|---|---|---:|---:|---:|---:|---|"]
