@@ -162,8 +162,8 @@ def _benchmarks(path: Path) -> list[dict]:
 
 
 def performance() -> str:
-    lines = ["Training step (median; `benches/bench_train.py` or `benches/step_breakdown.py`, one run per file, its rows "
-             "side by side):", "",
+    lines = ["Training step (median; `benches/bench_train.py` or `benches/step_breakdown.py`, one run per file, "
+             "its rows side by side):", "",
              "| machine | model | erm step | npdg step | npdg / erm | file |", "|---|---|---:|---:|---:|---|"]
     for machine, name in TRAIN_STEP_FILES.items():
         path = RESULTS / name
