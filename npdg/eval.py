@@ -229,12 +229,10 @@ def _protocol(spec, args):
 
 def _prediction_writers(args, protocols) -> dict:
     """{SPEC: PredictionWriter} for --save_pred, every refusal raised before any work (nothing created)."""
-    from npdg.data.predictions import PredictionError, PredictionWriter, folder_name
+    from npdg.data.predictions import PredictionError, PredictionWriter, check_empty, folder_name
 
     root = args.save_pred
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise PredictionError(f"--save_pred {root}: {'is a file' if not root.is_dir() else 'holds files already'}; "
-                              "predictions never overwrite anything: give a new or empty folder")
+    check_empty(root)
     names = [folder_name(spec) for spec in args.data]
     if len(set(names)) != len(names):
         raise PredictionError(f"--save_pred {root}: two SPECs share the folder name of {names}; give each its own "

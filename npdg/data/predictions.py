@@ -54,6 +54,15 @@ def encode(pred, encoding: str) -> np.ndarray:
     raise ValueError(f"unknown encoding {encoding!r}")
 
 
+def check_empty(folder: Path) -> None:
+    """PredictionError unless ``folder`` is new or an empty directory (predictions never overwrite anything)."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "is a file" if not folder.is_dir() else "holds files already"
+        raise PredictionError(f"--save_pred {folder}: {what}; predictions never overwrite anything: give a "
+                              "new or empty folder")
+
+
 class PredictionWriter:
     def __init__(self, spec: str, folder: Path, encoding: str):
         self.spec, self.folder, self.encoding, self.files = spec, Path(folder), encoding, []
@@ -70,19 +79,11 @@ class PredictionWriter:
             raise PredictionError(f"--save_pred {folder}: {spec} is scored under protocol {protocol}, which resizes "
                                   "or crops: predictions are written at each label file's own size; use a native "
                                   "protocol (e.g. --protocol native, with +sliding:HxW if needed)")
-        cls._check_empty(folder)
+        check_empty(folder)
         return cls(spec, folder, ENCODINGS[kind])
 
-    @staticmethod
-    def _check_empty(folder: Path) -> None:
-        folder = Path(folder)
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            what = "is a file" if not folder.is_dir() else "holds files already"
-            raise PredictionError(f"--save_pred {folder}: {what}; predictions never overwrite anything: give a "
-                                  "new or empty folder")
-
     def open(self) -> PredictionWriter:
-        self._check_empty(self.folder)
+        check_empty(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -94,4 +95,5 @@ class PredictionWriter:
         return path
 
 
-__all__ = ["ENCODINGS", "NOT_WRITABLE", "PredictionError", "PredictionWriter", "encode", "folder_name"]
+__all__ = ["ENCODINGS", "NOT_WRITABLE", "PredictionError", "PredictionWriter", "check_empty", "encode",
+           "folder_name"]
