@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 33's candidate step (benches/results/fair_fast/PLAN.md): npdg --dsp_branch --adv_scale=0.5 on the default
-# model, seeds 0-4 (or those given), paired with benches/results/fair/deeplabv3plus_r18/npdg-s*.json.
+# model, seeds 0-4 (or those given), paired with the full-step rows npdg_full-s*.json (the fair table's npdg rows before the flip).
 #   bash benches/fast_step_runs.sh OUTDIR [SEED ...]
 set -euo pipefail
 out=${1:?usage: bash benches/fast_step_runs.sh OUTDIR [SEED ...]}
@@ -21,5 +21,5 @@ for seed in "${seeds[@]}"; do
     fi
     cp "$dir/metrics.json" "$results/npdg_fast-s$seed.json"
 done
-python -m npdg.compare "$here/results/fair/deeplabv3plus_r18/npdg-s*.json" "$results/npdg_fast-s*.json" \
+python -m npdg.compare "$results/npdg_full-s*.json" "$results/npdg_fast-s*.json" \
     --json "$results/compare-npdg_fast-npdg.json" | tee "$results/compare-npdg_fast-npdg.md"

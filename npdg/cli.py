@@ -88,9 +88,9 @@ def add_debug(parser) -> None:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input, not the program (imported late: no import cycles)."""
     from npdg.checkpoint import CheckpointError
-    from npdg.config import ConfigError
     from npdg.data import DatasetError, SpecError
     from npdg.data.predictions import PredictionError
+    from npdg.knobs import ConfigError
     from npdg.models.pretrained import PretrainedError
     from npdg.models.registry import UnknownModelError
     from npdg.pruning import PruningError
@@ -162,3 +162,31 @@ def guard(prog: str, debug: bool, body):
             raise
         print(f"{prog}: error: {message(exc)}", file=sys.stderr)
         return code
+
+
+_FIELD = re.compile(r"^    (\w+): [^=]+= .+?(?:  # (.*))?$")
+
+
+def keys_help(cls, source_file) -> str:
+    """The config keys of dataclass ``cls`` written in ``source_file`` as help text: its ``# --- heading`` lines,
+    then one line per key, ``--key=DEFAULT`` and the first sentence of its comment (the source is the one place
+    they are written)."""
+    import textwrap
+    from pathlib import Path
+
+    defaults, out, lines = vars(cls()), [], Path(source_file).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("    # --- "):
+            out.append("\n" + re.split(r" \(|;|\. ", line[len("    # --- "):])[0] + ":")
+        elif (m := _FIELD.match(line)) and m.group(1) in defaults:
+            name, comment = m.groups()
+            for more in lines[i + 1:]:  # the comment's continuation lines
+                if not more.startswith("    #   "):
+                    break
+                comment += " " + more[len("    #   "):]
+            default = defaults[name]
+            shown = "x".join(map(str, default)) if isinstance(default, tuple) else (
+                ",".join(default) if isinstance(default, list) else default)
+            note = re.split(r"(?<!e\.g)(?<!i\.e)\. ", comment or "")[0]  # the first sentence
+            out.append(f"  --{name}={shown}".ljust(30) + " " + textwrap.shorten(note, 88, placeholder=" ..."))
+    return "\n".join(line.rstrip() for line in out).strip("\n")

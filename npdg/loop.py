@@ -142,56 +142,12 @@ def _grads_finite(opt, ctx: Context) -> bool:
                        else torch.tensor(True), ctx)
 
 
-class IterateAverage:
-    """The uniform average of a model's iterates from step ``begin`` of a stage on (SWA, Izmailov et al. 2018;
-    SWAD for domain generalisation): parameters and floating-point buffers (BatchNorm running statistics)
-    averaged alike, integer buffers taken from the latest iterate. ``update(model, step)`` after each optimiser
-    step; ``apply(model)`` loads the average. Checkpointable with ``state()`` / ``load_state()``."""
-
-    def __init__(self, begin: int):
-        self.begin, self.count, self.average = begin, 0, None
-
-    @classmethod
-    def for_stage(cls, iters: int, fraction: float):
-        """Averages the last ``round(fraction * iters)`` steps of a stage of ``iters`` steps (None: none)."""
-        n = round(fraction * iters)
-        return cls(iters - n + 1) if n > 0 else None
-
-    @torch.no_grad()
-    def update(self, model, step: int) -> None:
-        if step < self.begin:
-            return
-        state = model.state_dict()
-        if self.average is None:
-            self.average, self.count = {k: v.detach().clone() for k, v in state.items()}, 1
-            return
-        floats = [k for k, v in state.items() if v.is_floating_point()]
-        torch.optim.swa_utils.get_swa_multi_avg_fn()([self.average[k] for k in floats],
-                                                     [state[k].detach() for k in floats], self.count)
-        for k, v in state.items():
-            if not v.is_floating_point():
-                self.average[k].copy_(v)
-        self.count += 1
-
-    def apply(self, model) -> None:
-        if self.average is not None:
-            model.load_state_dict(self.average)
-
-    def state(self) -> dict:
-        return {"begin": self.begin, "count": self.count,
-                "average": None if self.average is None else {k: v.cpu() for k, v in self.average.items()}}
-
-    def load_state(self, state: dict, device) -> None:
-        self.begin, self.count = state["begin"], state["count"]
-        self.average = None if state["average"] is None else {k: v.to(device) for k, v in state["average"].items()}
-
-
 def poly(total: int, power: float):
     return lambda step: max(0.0, 1 - step / max(total, 1)) ** power
 
 
 def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: int, start: int = 0,
-        extra_opts=(), sync_params=(), checkpoint=None, evaluate_fn=None, average=None) -> None:
+        extra_opts=(), sync_params=(), checkpoint=None, evaluate_fn=None) -> None:
     """Run steps start+1 .. iters of a stage.
 
     loss_fn(net, step, images, labels) -> (loss tensor, {name: float}), run under :func:`autocast`;
@@ -199,7 +155,6 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
     DDP module whose gradients are averaged across ranks by hand; ``checkpoint(step)`` is called every
     cfg.ckpt_every steps (rank 0); ``evaluate_fn(step) -> mIoU (percent) or None`` every cfg.eval_every
     steps (rank 0 only; 0 = never), logged as {"stage", "step", "val_miou"} before that step's checkpoint;
-    ``average`` (an :class:`IterateAverage`) is updated after every optimiser step (skipped steps excluded).
     """
     cfg = ctx.cfg
     if start >= iters:
@@ -242,8 +197,6 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
         for o in extra_opts:
             o.step()
         sched.step()
-        if average is not None:
-            average.update(model, step)
         durations = durations[-7:] + [time.perf_counter() - step_start]
         seen += images.shape[0] * ctx.world
         window.append(value)

@@ -89,8 +89,6 @@ def write_metrics_and_report(run_dir: Path, cfg, val_sets: dict, ctx) -> dict:
     if "prune_ratio" in ctx.history:  # flops_target: the ratio the bisection chose
         metrics["final"]["prune_ratio"] = ctx.history["prune_ratio"]
     metrics["steps"] = stage_steps(cfg, ctx.history)
-    if "averaged_iterates" in ctx.history:  # swa: how many iterates of which stage the final model averages
-        metrics["final"]["averaged_iterates"] = ctx.history["averaged_iterates"]
     metrics["train"] = {"seconds": ctx.history["seconds"], "images_per_s": ctx.history["images_per_s"]}
     metrics["config"] = cfg.to_dict()
     checkpoint.write_json(run_dir / "metrics.json", metrics)

@@ -17,7 +17,8 @@ import npdg
 from npdg import checkpoint, cli
 from npdg.builders import build_model, eval_datasets, eval_protocols, train_dataset
 from npdg.config import Config
-from npdg.loop import Context, IterateAverage, fit, poly
+from npdg.knobs import REMOVED, REMOVED_AT, ConfigError
+from npdg.loop import Context, fit, poly
 from npdg.methods import build_method, method_class
 from npdg.methods.base import Method
 from npdg.serialization import model_from_payload, model_payload, save_model
@@ -40,10 +41,7 @@ def setup_distributed(device_opt: str) -> tuple[torch.device, int, int]:
 
 
 def lr_factor(cfg, stage: str):
-    """The LR multiplier of `stage` ("train" / "finetune") at its step k (see Config.lr_schedule)."""
-    if cfg.lr_schedule == "run" and cfg.prunes:
-        decay, offset = poly(cfg.iters + cfg.finetune_iters, cfg.poly_power), cfg.iters if stage == "finetune" else 0
-        return lambda k: decay(offset + k)
+    """The LR multiplier of `stage` ("train" / "finetune") at its step k: each stage its own poly decay to 0."""
     return poly(cfg.iters if stage == "train" else cfg.finetune_iters, cfg.poly_power)
 
 
@@ -55,8 +53,7 @@ class Run:
     def __init__(self, cfg: Config, run_dir: Path, ctx: Context):
         self.cfg, self.dir, self.ctx = cfg, run_dir, ctx
 
-    def save_state(self, stage: str, step: int, model, opt=None, sched=None, method: Method | None = None,
-                   average=None):
+    def save_state(self, stage: str, step: int, model, opt=None, sched=None, method: Method | None = None):
         if not self.ctx.main:
             return
         checkpoint.save({
@@ -65,7 +62,6 @@ class Run:
             "optimizer": opt.state_dict() if opt is not None else None,
             "scheduler": sched.state_dict() if sched is not None else None,
             **(method.state() if method is not None else {}),
-            "average": average.state() if average is not None else None,
             "rng": checkpoint.rng_state(), "history": self.ctx.history,
         }, self.dir / checkpoint.STATE)
 
@@ -76,16 +72,11 @@ class Run:
         else:
             opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, stage))
-        # swa: the final model averages the last training stage's last swa x iters iterates
-        last_stage = stage == ("finetune" if cfg.prunes else "train")
-        average = IterateAverage.for_stage(iters, cfg.swa) if last_stage else None
         start = 0
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["scheduler"])
             start = resume["step"]
-            if average is not None and resume.get("average") is not None:
-                average.load_state(resume["average"], self.ctx.device)
         evaluate_fn = None
         if cfg.eval_every and self.ctx.main:  # source val mIoU every eval_every steps (rank 0; the others wait)
             from npdg.eval import evaluate
@@ -99,11 +90,8 @@ class Run:
 
         fit(self.ctx, stage, model, self.train_set, loss_fn, opt, sched, iters, start,
             extra_opts=method.extra_opts, sync_params=method.sync_params,
-            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, method, average),
-            evaluate_fn=evaluate_fn, average=average)
-        if average is not None:
-            average.apply(model)
-            self.ctx.history["averaged_iterates"] = {stage: average.count}
+            checkpoint=lambda step: self.save_state(stage, step, model, opt, sched, method),
+            evaluate_fn=evaluate_fn)
         self.ctx.history.setdefault("steps", {})[stage] = iters  # what ran (metrics.json "steps"; iters: see budget)
 
     def stage_train(self, model, method, resume):
@@ -183,8 +171,14 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Config, Path, dict
     """(config, run directory, resumable state or None); refuses to overwrite an existing run."""
     if resume:
         state = checkpoint.load_state(resume)
-        # a key added after the run started takes the value the run had (input_norm: off before it existed)
-        cfg = Config(**{**Config().to_dict(), "input_norm": False, **state["config"]})
+        # a key added after the run started takes the value the run had (input_norm: off before it existed, the
+        # copies ran the whole model at full resolution); a removed key is dropped when the run left it off
+        saved = dict(state["config"])
+        for key in set(saved) & set(REMOVED):
+            if saved.pop(key) not in (0, 0.0, False, "stage"):
+                raise ConfigError(f"{resume}: this run sets {key}={state['config'][key]}, removed since (last in "
+                                  f"commit {REMOVED_AT}): resume it with that commit")
+        cfg = Config(**{**Config().to_dict(), "input_norm": False, "dsp_branch": False, "adv_scale": 1.0, **saved})
         cfg.crop, cfg.eval_size = tuple(cfg.crop), tuple(cfg.eval_size)
         return cfg.validate(), Path(resume), state
     run_dir = Path(cfg.out or f"runs/{cfg.method}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -20,10 +20,7 @@ a LARGER coefficient in the sparsity term. A zero layer mean (no unit varies, or
 counts as the neutral 1. Units upstream of the perturbation point (e.g. ResNet layer1's inner channels,
 SegFormer stage-1 blocks with ``style_point="stage"``: computed before ``style_layer`` returns, so they cannot
 see the perturbation; ``"embed"``, npdg's MiT default, puts it before them)
-are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale -- unless the pass
-restyles colours too (``colour`` > 0: ``--dsp_colour``, unless ``--sens_colour=false``): then variants 1..K-1
-start as colour-restyled images (:func:`npdg.dsp.perturb.colour_restyle`), every unit sees them, and none is
-upstream.
+are reported with unary = binary = 0 and get the neutral weight 1 before the global rescale.
 
 Scale: the activations are the groups' γ-scaled outputs, so unary/binary grow with |γ| -- the magnitude the
 prune ranks by. Every pass therefore also computes **scale-free** scores: each unit's covariances divided by
@@ -129,7 +126,7 @@ def sensitivity_weights(unary: dict[str, Tensor], binary: dict[str, Tensor], lam
 @torch.no_grad()
 def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4, precision: str = "ieee",
                         generator: torch.Generator | None = None, scale: str = "output",
-                        residual: bool = False, colour: float = 0.0) -> Sensitivity:
+                        residual: bool = False) -> Sensitivity:
     """Unary / binary style sensitivity and sparsity weights of every group of ``model.prunable_units()``.
 
     ``residual`` (default False): also the coupled residual streams (``prunable_units(residual=True)``).
@@ -141,10 +138,7 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
 
     images (N, 3, H, W) is the content batch; dsp a :class:`npdg.dsp.perturb.FeatureDSP` whose D-VAE makes
     the K - 1 new styles (an untrained D-VAE borrows a standardiser from this batch and forgets it, so
-    eval-mode statistics never enter training); generator seeds those styles. With ``colour`` > 0 each
-    variant's images first get a random colour matrix of that strength
-    (:func:`npdg.dsp.perturb.colour_restyle`), so the units before ``style_layer`` are scored too, none
-    upstream; 0 = the D-VAE feature restyles alone. precision is passed to
+    eval-mode statistics never enter training); generator seeds those styles. precision is passed to
     ``npdg.ops.style_sensitivity``; scale which scores make ``weights`` (output | relative, see the module
     docstring; both are computed). The model's train/eval mode is restored afterwards.
     """
@@ -158,16 +152,10 @@ def compute_sensitivity(model, images: Tensor, dsp, k: int = 4, lam: float = 0.4
     groups = model.prunable_units(residual=residual)
     unary, binary, upstream = {}, {}, []
     unary_rel, binary_rel = {}, {}
-    if colour > 0:  # the variants' images differ already (colour matrices): every unit sees the style change
-        from npdg.dsp.perturb import colour_restyle
-
-        images = torch.cat([images, colour_restyle(images.repeat(k - 1, 1, 1, 1), colour, generator)])
-    styled = [colour > 0]
+    styled = [False]
 
     def style_hook(f):
         styled[0] = True
-        if colour > 0:  # f holds the K variants already: restyle variants 1..K-1
-            return torch.cat([f[:n], dsp.random_restyle(f[n:], generator)])
         return torch.cat([f, dsp.random_restyle(f.repeat(k - 1, *([1] * (f.dim() - 1))), generator)])
 
     def unit_hook(name):

@@ -44,9 +44,17 @@ __all__ = ["Run", "build_model", "eval_datasets", "eval_protocols", "lr_factor",
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    from npdg import config, knobs
+
     parser = cli.Parser(prog="python -m npdg.train", description=__doc__.split("\n\n")[0],
-                        epilog="Any config key can be overridden as --key=value; "
-                               "see npdg/config.py for keys and defaults.")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="config keys (--key=value or --key value, a YAML file with --config; "
+                               "npdg/config.py):\n\n"
+                               + cli.keys_help(config.Config, config.__file__)
+                               + "\n\nthe recipe's rarer knobs (method internals, the paper's switches): --help_all")
+    parser.add_argument("--help_all", action="store_true", help="also list the recipe's rarer knobs (npdg/knobs.py)")
     parser.add_argument("--config", help="YAML file of config keys")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its own config")
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="batch of the dry run's steps (default: the config's on CUDA, 2 on CPU)")
     cli.add_debug(parser)
     args, overrides = parser.parse_known_args(argv)
+    if args.help_all:
+        parser.print_help()
+        print("\nthe recipe's rarer knobs (npdg/knobs.py):\n\n" + cli.keys_help(knobs.Knobs, knobs.__file__))
+        sys.exit(0)
     if args.resume and (args.config or overrides):
         parser.error("--resume continues a run with the config it was started with; drop the other options")
     if args.resume and args.dry_run:

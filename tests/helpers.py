@@ -100,28 +100,6 @@ def check_compacted_equals_masked(dense, masks, small, x):
     return streams, widths
 
 
-def restyled_copies_inputs(model, images, labels, **dsp_kwargs):
-    """The input images of the restyled copies in one FeatureDSP step (p 0.5, copies, one ascent step) on
-    ``model``, after checking what every input-level restyle must keep: the training pass sees the whole clean
-    batch untouched behind the copies, and the adversary ascends from the same restyled inputs."""
-    import torch
-
-    from npdg.dsp.perturb import FeatureDSP, cross_entropy
-
-    seen = []
-    handle = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
-    try:
-        dsp = FeatureDSP(model.style_channels, latent=8, hidden=16, p=0.5, adv_steps=1, copy=True, **dsp_kwargs)
-        dsp.task_loss(model, model, images, labels, cross_entropy)
-    finally:
-        handle.remove()
-    ascent, train = seen  # the adversary's pass (the restyled copies) and the training pass
-    n = train.shape[0] - images.shape[0]
-    assert n == (images.shape[0] + 1) // 2 and torch.equal(train[n:], images)  # the clean batch is untouched
-    torch.testing.assert_close(ascent[:n], train[:n])  # the adversary ascends from the same inputs
-    return train[:n]
-
-
 def interrupt_fit_at(monkeypatch, stage: str, step: int, exc: type[BaseException]) -> None:
     """Make the stage machine's fit raise ``exc`` at ``step`` of ``stage`` (after the checkpoint at step - 1): a kill
     in the middle of a run, for the resume tests; ``monkeypatch.undo()`` restores fit."""

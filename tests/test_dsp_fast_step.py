@@ -99,8 +99,6 @@ def test_resized_keeps_ignore_labels_and_is_the_identity_at_scale_1():
     (["--adv_scale=0"], r"adv_scale must be in \(0, 1\]"),
     (["--adv_scale=1.5"], r"adv_scale must be in \(0, 1\]"),
     (["--dsp_branch", "--dsp_copy=false"], "dsp_branch: .* needs dsp_copy=true"),
-    (["--dsp_branch", "--dsp_split_bn"], "dsp_branch: dsp_split_bn"),
-    (["--dsp_branch", "--dsp_colour=0.5"], "dsp_branch: dsp_colour"),
     (["--dsp_level=image", "--adv_scale=0.5"], "adv_scale: feature-level DSP only"),
 ])
 def test_bad_combinations_are_config_errors(overrides, message):

@@ -186,6 +186,6 @@ def test_dvae_standardiser_averages_the_first_batches():
 
 
 def test_invalid_arguments():
-    for kwargs in ({"p": 1.5}, {"adv_steps": -1}, {"eps_scale": -1.0}):
+    for kwargs in ({"p": 1.5}, {"adv_steps": -1}, {"adv_step_size": -1.0}):
         with pytest.raises(ValueError):
             FeatureDSP(8, **kwargs)

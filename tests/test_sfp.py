@@ -136,7 +136,6 @@ def test_sfp_defaults_spend_the_budget_like_the_other_pruning_methods():
     (["--ratio=1"], "ratio must be in [0, 1)"),
     (["--sfp_every=0"], "sfp_every must be >= 1"),
     (["--threshold=0.1", "--flops_target=0"], "threshold: not an sfp option"),
-    (["--prune_fade=0.5"], "prune_fade: not an sfp option"),
 ])
 def test_bad_sfp_keys_are_one_line_usage_errors(tmp_path, capsys, bad, message):
     with pytest.raises(SystemExit) as exc:

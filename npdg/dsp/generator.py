@@ -374,12 +374,11 @@ def load_generator(path, encoder_weights: str | None = None, map_location="cpu")
 
 def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     loss_fn=cross_entropy, p: float = 0.5, adv_steps: int = 1, adv_step_size: float = 1.0,
-                    eps_scale: float = 1.0, copy: bool = False, restyled_weight: float = 0.0
-                    ) -> tuple[torch.Tensor, dict]:
+                    copy: bool = False, restyled_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Segmentation loss of a batch whose first ceil(p * N) images are restyled adversarially (``copy``:
     restyled COPIES of them go in front of the whole clean batch, N + ceil(p * N) images, instead).
 
-    eps ~ N(0, I) * eps_scale is pushed by ``adv_steps`` normalised ascent steps of ``adv_step_size`` on
+    eps ~ N(0, I) is pushed by ``adv_steps`` normalised ascent steps of ``adv_step_size`` on
     ``loss_fn(net(gen.perturb(images, eps)), labels)`` for those images (gradients to eps only; BN
     running stats untouched, see ``npdg.dsp.perturb.frozen_bn_stats``; with a single restyled image one
     clean partner rides along, as BN needs >= 2 samples), then ``loss_fn`` (default cross-entropy, 255
@@ -398,7 +397,7 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
         m = min(n, max(k, 2))  # >= 2 samples through BN in the ascent passes when the batch has them
         with torch.no_grad():
             feat = gen.bottleneck(images[:k])
-        eps = torch.randn(k, gen.dvae.latent, device=images.device) * eps_scale
+        eps = torch.randn(k, gen.dvae.latent, device=images.device)
 
         def objective(e):
             with frozen_bn_stats(net):

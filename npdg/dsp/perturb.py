@@ -10,7 +10,7 @@ One step on a batch of N images touches only ``model.style_layer``, so it works 
 1. **Ascent pass** (the unwrapped ``model``, the n = ceil(p * N) perturbed samples, BN running stats
    frozen): a hook on ``style_layer`` takes the clean features f and their style s = (mean, std)
    (``npdg.reference.style_stats``), encodes s to (mu_z, sigma_z) and replaces f by
-   ``npdg.ops.adain(f, decode(z))`` with ``z = mu_z + eps_scale * sigma_z * xi + delta``, xi ~ N(0, I).
+   ``npdg.ops.adain(f, decode(z))`` with ``z = mu_z + sigma_z * xi + delta``, xi ~ N(0, I).
    ``adv_steps`` normalised gradient-ascent steps on the segmentation loss move delta (from 0); the
    gradient flows through AdaIN and the decoder to delta only (``ascend``: autograd.grad, no weight grads).
 2. **Training pass** (``net``, the whole batch, normal train mode): the same hook replaces the first n
@@ -20,7 +20,7 @@ One step on a batch of N images touches only ``model.style_layer``, so it works 
    not train the model), so one backward() serves both optimizers.
 
 How far a step goes. Random draws from the source's own style spread gained nothing in calibration
-(DESIGN §2.5), and a posterior draw (xi at eps_scale 1) barely moves the style: it decodes to about the
+(DESIGN §2.5), and a posterior draw (delta = 0) barely moves the style: it decodes to about the
 reconstruction. So each ascent step is sized in STYLE space: along the unit gradient direction in z, the
 step length is chosen so that the decoded style moves ``adv_step_size`` *source spreads* (RMS over the
 2C standardised coordinates [mean, log std], i.e. in units of the source batches' own per-channel spread;
@@ -64,13 +64,6 @@ SECANT_ITERS = 2  # corrections of the step length on the actual style distance 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-
-
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean over pixels of KL(softmax(teacher) || softmax(student)) over the class dim 1, in fp32."""
-    with torch.autocast(student.device.type, enabled=False):
-        return F.kl_div(student.float().log_softmax(1), teacher.float().log_softmax(1), reduction="none",
-                        log_target=True).sum(1).mean()
 
 
 @contextmanager
@@ -122,61 +115,6 @@ def restyled_task_loss(loss_fn, logits: torch.Tensor, labels: torch.Tensor, n: i
         return loss, (loss_fn(logits[:n], labels[:n]), loss_fn(logits[n:], labels[n:]))
 
 
-@contextmanager
-def split_bn_stats(model: nn.Module, n: int) -> Iterator[None]:
-    """Training BatchNorm layers normalise the first ``n`` samples (the restyled ones) with their own batch
-    statistics and the rest with theirs; only the rest update the running statistics (an auxiliary BN
-    without its own affine: γ and β stay shared, so pruning and compaction see one BN per unit).
-    Eval-mode layers and batches of <= n samples are untouched."""
-    patched = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-
-    def split(module, forward):
-        def run(x):
-            if not module.training or n <= 0 or x.shape[0] <= n:
-                return forward(x)
-            head = F.batch_norm(x[:n], None, None, module.weight, module.bias, True, 0.0, module.eps)
-            return torch.cat([head, forward(x[n:])])
-        return run
-
-    for m in patched:
-        m.forward = split(m, m.forward)
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.forward  # back to the class's forward
-
-
-def uncertain_stats(f: torch.Tensor, n: int, eps: float = 1e-6) -> torch.Tensor:
-    """``f`` (N, C, *spatial) with its first ``n`` rows' per-channel statistics resampled (DSU, Li et al. 2022):
-    x -> (x - mu) * s / sigma + mu + e_mu * S_mu with s = max(sigma + e_sigma * S_sigma, 0), e ~ N(0, 1) per (row,
-    channel), S_mu / S_sigma the std over all N rows of the per-channel means / stds (detached: how far styles
-    spread in this batch). Differentiable through x and its statistics; the other rows are returned unchanged."""
-    mean, std = style_stats(f)
-    with torch.no_grad():
-        spread_mean = (mean.var(0, unbiased=False) + eps).sqrt()
-        spread_std = (std.var(0, unbiased=False) + eps).sqrt()
-        noise = torch.randn(2, n, mean.shape[1], device=f.device, dtype=mean.dtype)
-    new_mean = mean[:n] + noise[0] * spread_mean
-    new_std = (std[:n] + noise[1] * spread_std).clamp_min(0)
-    head = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n].detach(), std[:n].detach()))
-    return torch.cat([head, f[n:]])
-
-
-@contextmanager
-def deep_uncertainty(model: nn.Module, n: int, p: float) -> Iterator[None]:
-    """Within the block, each of ``model.deep_style_layers`` (drawn with probability ``p``, once on entry) has
-    its output's first ``n`` rows passed through :func:`uncertain_stats`."""
-    layers = model.deep_style_layers
-    chosen = [layer for layer, u in zip(layers, torch.rand(len(layers)).tolist(), strict=True) if u < p]
-    handles = [layer.register_forward_hook(lambda module, inputs, out: uncertain_stats(out, n)) for layer in chosen]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def resized(images: torch.Tensor, labels: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (bilinear) and labels (nearest: ignore pixels stay ignore) resized by ``scale`` (1: as they are)."""
     if scale == 1:
@@ -189,8 +127,7 @@ def resized(images: torch.Tensor, labels: torch.Tensor, scale: float) -> tuple[t
 def pixel_restyle(images: torch.Tensor, strength: float) -> torch.Tensor:
     """A random RGB style per image: AdaIN of the (normalised) images (n, 3, H, W) to their own channel means
     + strength x N(0, 1) and their channel stds x exp(strength x N(0, 1)); global RNG, no gradient. The
-    input-level perturbation depth of DSP (``dsp_pixel``): colour and contrast shifts that the feature-level
-    adversary, which moves statistics of one layer's channels, does not express one to one."""
+    style-shifted validation of :class:`npdg.eval.Restyled` (colour and contrast shifts of the source images)."""
     if strength <= 0 or images.shape[0] == 0:
         return images
     with torch.no_grad():
@@ -200,40 +137,16 @@ def pixel_restyle(images: torch.Tensor, strength: float) -> torch.Tensor:
         return ops.adain(images, mean.to(images.dtype), std.to(images.dtype), stats=stats)
 
 
-def colour_restyle(images: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random colour-correction matrix per image: x' = mu + M (x - mu) on the (normalised) images (n, 3, H, W),
-    mu the image's channel means, M = matrix_exp(strength x A), A ~ N(0, 1)^(3x3) (``generator`` or the global
-    RNG); no gradient. Unlike :func:`pixel_restyle` it mixes the channels (white balance, a camera's colour
-    matrix, a palette change), which a per-channel input normalisation (``input_norm``) does not undo."""
-    if strength <= 0 or images.shape[0] == 0:
-        return images
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"colour_restyle: expected (n, 3, H, W) images, got {tuple(images.shape)}")
-    with torch.no_grad():
-        a = torch.randn(images.shape[0], 3, 3, device=images.device, generator=generator, dtype=torch.float32)
-        m = torch.linalg.matrix_exp(strength * a.double()).to(images.dtype)  # (3x3: float64 costs nothing)
-        mu = images.mean(dim=(2, 3), keepdim=True)
-        return mu + torch.einsum("nij,njhw->nihw", m, images - mu)
-
-
 class FeatureDSP(nn.Module):
     """Adversarial AdaIN style perturbation at ``model.style_layer`` with an online-trained D-VAE.
 
     channels: ``model.style_channels``; latent / hidden: D-VAE sizes; beta: KL weight of the D-VAE loss;
     p: fraction of each batch that is perturbed (the first ceil(p * N) samples; loaders shuffle);
     adv_steps / adv_step_size: ascent steps on delta and how far each moves the style, in source spreads
-    (see the module doc); eps_scale: multiplies the posterior draw sigma_z * xi (1 = a plain VAE sample);
+    (see the module doc);
     log_gain: also measure adv_gain exactly (one more no-grad forward of the perturbed samples);
-    split_bn: the restyled samples get their own BatchNorm batch statistics (:func:`split_bn_stats`);
     restyled_weight: 0 = one loss mean over all samples, clean and restyled (the paper's); > 0 = the clean
     samples' mean loss + restyled_weight x the restyled samples' mean (the clean signal keeps ERM's weight);
-    pixel: the restyled samples' input images first get a random RGB style (:func:`pixel_restyle`, this strength);
-    colour: the restyled samples' input images first get a random colour matrix (:func:`colour_restyle`, this
-    strength; after ``pixel``);
-    local: > 0 = each restyled sample mixes its adversarial style with a random one over space (:meth:`local_mix`,
-    a local x local grid); 0 = one style per sample (the paper's);
-    dsu: the training forward also resamples the restyled samples' statistics at each of
-    ``model.deep_style_layers`` with this probability per step (:func:`deep_uncertainty`); 0 = none (the paper's);
     branch: with ``copy``, the restyled copies branch off the clean samples' features at ``style_layer`` (the
     training forward runs the layers before it once, on the N clean images; the hook returns N + n rows) instead
     of running those layers again on n copies of the inputs. The same features and gradients, except that the
@@ -246,27 +159,20 @@ class FeatureDSP(nn.Module):
     """
 
     def __init__(self, channels: int, latent: int = 32, hidden: int = 256, beta: float = 1e-3, p: float = 0.5,
-                 adv_steps: int = 1, adv_step_size: float = 2.0, eps_scale: float = 1.0, log_gain: bool = False,
-                 copy: bool = False, split_bn: bool = False, restyled_weight: float = 0.0, pixel: float = 0.0,
-                 local: int = 0, colour: float = 0.0, dsu: float = 0.0, branch: bool = False,
-                 adv_scale: float = 1.0):
+                 adv_steps: int = 1, adv_step_size: float = 2.0, log_gain: bool = False, copy: bool = False,
+                 restyled_weight: float = 0.0, branch: bool = False, adv_scale: float = 1.0):
         super().__init__()
-        if not (0.0 <= p <= 1.0 and 0.0 <= dsu <= 1.0 and 0.0 < adv_scale <= 1.0):
-            raise ValueError(f"FeatureDSP: p and dsu must be in [0, 1], adv_scale in (0, 1], got {p}, {dsu}, "
-                             f"{adv_scale}")
-        if branch and (not copy or pixel or colour or split_bn):
-            raise ValueError("FeatureDSP: branch needs copy, and no input-level restyle (pixel, colour) or split_bn "
-                             "(the copies' layers before the style point are the clean samples')")
-        if min(adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local, colour) < 0:
-            raise ValueError("FeatureDSP: adv_steps, adv_step_size, eps_scale, beta, restyled_weight, pixel, local "
-                             "and colour must be >= 0")
+        if not (0.0 <= p <= 1.0 and 0.0 < adv_scale <= 1.0):
+            raise ValueError(f"FeatureDSP: p must be in [0, 1], adv_scale in (0, 1], got {p}, {adv_scale}")
+        if branch and not copy:
+            raise ValueError("FeatureDSP: branch needs copy (the restyled copies branch off the clean samples)")
+        if min(adv_steps, adv_step_size, beta, restyled_weight) < 0:
+            raise ValueError("FeatureDSP: adv_steps, adv_step_size, beta and restyled_weight must be >= 0")
         self.dvae = DVAE(channels, latent, hidden)
         self.beta, self.p = beta, p
         self.copy = copy  # restyle COPIES of the first ceil(p*N) samples (batch N + ceil(p*N)); else replace them
-        self.adv_steps, self.adv_step_size, self.eps_scale = adv_steps, adv_step_size, eps_scale
-        self.log_gain = log_gain
-        self.split_bn, self.restyled_weight, self.pixel, self.local = split_bn, restyled_weight, pixel, local
-        self.colour, self.dsu, self.branch, self.adv_scale = colour, dsu, branch, adv_scale
+        self.adv_steps, self.adv_step_size = adv_steps, adv_step_size
+        self.log_gain, self.restyled_weight, self.branch, self.adv_scale = log_gain, restyled_weight, branch, adv_scale
         self._ready = False  # host-side cache of dvae.initialised
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -298,7 +204,7 @@ class FeatureDSP(nn.Module):
     # --- styles
     @torch.no_grad()
     def posterior(self, mean: torch.Tensor, std: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """z0 = mu_z + eps_scale * sigma_z * xi for clean statistics (n, C) (detached; fp32). The first
+        """z0 = mu_z + sigma_z * xi for clean statistics (n, C) (detached; fp32). The first
         call on an untrained D-VAE sets its standardiser from these statistics."""
         mean, std = mean.float(), std.float()
         with torch.autocast(mean.device.type, enabled=False):  # the D-VAE runs in fp32 under AMP too
@@ -308,7 +214,7 @@ class FeatureDSP(nn.Module):
                     self.dvae.observe(mean, std)
                     self._ready = True
             mu, logvar = self.dvae.encode(mean, std)
-            return mu + self.eps_scale * (0.5 * logvar).exp() * xi.float()
+            return mu + (0.5 * logvar).exp() * xi.float()
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean', std') of latents z (n, latent), differentiable in z; fp32."""
@@ -317,7 +223,7 @@ class FeatureDSP(nn.Module):
 
     def styles(self, mean: torch.Tensor, std: torch.Tensor, xi: torch.Tensor,
                delta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """D-VAE styles (mean', std') (n, C) of clean statistics: z = mu_z + eps_scale * sigma_z * xi + delta,
+        """D-VAE styles (mean', std') (n, C) of clean statistics: z = mu_z + sigma_z * xi + delta,
         differentiable in delta (the statistics are detached: they describe the content, not a variable)."""
         z = self.posterior(mean.detach(), std.detach(), xi)
         return self.decode(z if delta is None else z + delta)
@@ -347,57 +253,30 @@ class FeatureDSP(nn.Module):
                 t = (t * spreads / moved(t).clamp_min(1e-12)).clamp(max=cap)
         return t
 
-    def random_draws(self, n: int, device, generator: torch.Generator | None = None):
-        """The noise of n random styles (:meth:`random_styles`): a posterior draw xi and a style direction v."""
+    def random_restyle(self, f: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """AdaIN of f (n, C, ...) to random D-VAE styles ``reach`` source spreads (linearised) away from a
+        posterior draw, along the latent direction that moves the style most towards a random style direction:
+        non-adversarial styles as far from the source as the training perturbations go (the sensitivity pass
+        uses them)."""
+        n, device = f.shape[0], f.device
         rand_device = generator.device if generator is not None else device
         xi = torch.randn(n, self.dvae.latent, generator=generator, device=rand_device).to(device)
         v = torch.randn(n, 2 * self.dvae.channels, generator=generator, device=rand_device).to(device)
-        return xi, v
-
-    def random_restyle(self, f: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """AdaIN of f (n, C, ...) to random D-VAE styles ``reach`` source spreads (linearised) away from a
-        posterior draw: non-adversarial styles as far from the source as the training perturbations go
-        (the sensitivity pass uses them)."""
         stats = style_stats(f.detach())
-        styles = self.random_styles(stats, *self.random_draws(f.shape[0], f.device, generator))
-        return ops.adain(f, *(t.to(f.dtype) for t in styles), stats=stats)
-
-    def random_styles(self, stats, xi: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean', std') (n, C): the D-VAE styles ``reach`` source spreads from the posterior draw of the clean
-        statistics ``stats`` and xi, along the latent direction that moves the style most towards v."""
-        device = xi.device
         z = self.posterior(*stats, xi)
-        # The latent direction that moves the style most towards a random style direction v (J^T v):
-        # uniform latent directions mostly fall into dims the decoder ignores and barely move the style.
+        # The latent direction that moves the style most towards v (J^T v): uniform latent directions mostly
+        # fall into dims the decoder ignores and barely move the style.
         with torch.enable_grad(), torch.autocast(device.type, enabled=False):
             zg = z.detach().requires_grad_(True)
             (u,) = torch.autograd.grad(self.dvae.decoder(zg), zg, grad_outputs=v)
         u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
         delta = self.step_lengths(z, u, self.reach)[:, None] * u
         with torch.no_grad():
-            return self.decode(z + delta)
-
-    def local_draws(self, n: int, device):
-        """The noise of n local mixes (:meth:`local_mix`): the masks' grid values U(0, 1) and the second styles'
-        random draws; None when ``local`` is 0."""
-        if self.local <= 0 or n == 0:
-            return None
-        return torch.rand(n, 1, self.local, self.local, device=device), *self.random_draws(n, device)
-
-    def local_mix(self, restyled: torch.Tensor, f: torch.Tensor, stats, draws) -> torch.Tensor:
-        """Each sample's restyled features (n, C, H, W) blended over space with the same features in a random
-        style as far from the source (:meth:`random_styles`): m * restyled + (1 - m) * random, m a smooth mask
-        (the draws' local x local grid, bilinear to H x W). ``f``/``stats``: the clean features and their
-        statistics. ``draws`` None: ``restyled`` as it is."""
-        if draws is None:
-            return restyled
-        grid, xi, v = draws
-        other = ops.adain(f, *(t.to(f.dtype) for t in self.random_styles(stats, xi, v)), stats=stats)
-        m = F.interpolate(grid, size=f.shape[-2:], mode="bilinear", align_corners=False).to(f.dtype)
-        return m * restyled + (1 - m) * other
+            styles = self.decode(z + delta)
+        return ops.adain(f, *(t.to(f.dtype) for t in styles), stats=stats)
 
     def adversarial_delta(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, xi: torch.Tensor,
-                          loss_fn=cross_entropy, autocast=None, local=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                          loss_fn=cross_entropy, autocast=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """delta after ``adv_steps`` ascent steps on loss_fn of ``model`` with the first len(xi) samples
         restyled; returns (delta, the (detached) losses at the steps' starting points). BN running stats
         are untouched.
@@ -408,7 +287,7 @@ class FeatureDSP(nn.Module):
         z0 = {}
 
         def loss_at(delta: torch.Tensor) -> torch.Tensor:
-            loss = self._restyled_loss(model, images, labels, xi, delta, loss_fn, autocast, z0, local)
+            loss = self._restyled_loss(model, images, labels, xi, delta, loss_fn, autocast, z0)
             losses.append(loss.detach())
             return loss
 
@@ -420,10 +299,9 @@ class FeatureDSP(nn.Module):
             delta = ascend(delta, loss_at, self.adv_steps, self.adv_step_size, step_scale)
         return delta, losses
 
-    def _restyled_loss(self, model, images, labels, xi, delta, loss_fn=cross_entropy, autocast=None, z0=None,
-                       local=None):
+    def _restyled_loss(self, model, images, labels, xi, delta, loss_fn=cross_entropy, autocast=None, z0=None):
         """loss_fn over the first len(xi) samples of ``model(images)`` with those samples restyled
-        (z0, if given, receives their posterior latent; ``local``: :meth:`local_draws`)."""
+        (z0, if given, receives their posterior latent)."""
         n = xi.shape[0]
 
         def hook(f):
@@ -433,7 +311,6 @@ class FeatureDSP(nn.Module):
                 z0["z"] = z
             new_mean, new_std = self.decode(z if delta is None else z + delta)
             restyled = ops.adain(f[:n].detach(), new_mean.to(f.dtype), new_std.to(f.dtype), stats=stats)
-            restyled = self.local_mix(restyled, f[:n], stats, local)
             return torch.cat([restyled, f[n:].detach()])
 
         with perturbation(model, hook), autocast or nullcontext():
@@ -464,24 +341,18 @@ class FeatureDSP(nn.Module):
                 images = torch.cat([images[:n], images])
                 clean_from = n
             n_total = n_total + n
-        if n > 0 and self.pixel > 0:  # the restyled samples' inputs first (the adversary ascends from there)
-            images = torch.cat([pixel_restyle(images[:n], self.pixel), images[n:]])
-        if n > 0 and self.colour > 0:
-            images = torch.cat([colour_restyle(images[:n], self.colour), images[n:]])
         logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
         xi = torch.randn(n, self.dvae.latent, device=images.device)
-        local = self.local_draws(n, images.device)
         delta = None
         if n > 0 and self.adv_steps > 0:
             m = min(n_total, max(n, 2))  # >= 2 samples through BN when the batch has them
             rows = torch.cat([images[:n], images[:m - n]]) if branch else images[:m]  # the copies' inputs first
             adv_images, adv_labels = resized(rows, labels[:m], self.adv_scale)
-            delta, losses = self.adversarial_delta(model, adv_images, adv_labels, xi, loss_fn, autocast, local)
+            delta, losses = self.adversarial_delta(model, adv_images, adv_labels, xi, loss_fn, autocast)
             logs["adv_loss0"] = losses[0]
             if self.log_gain:
                 with torch.no_grad(), frozen_bn_stats(model):
-                    after = self._restyled_loss(model, adv_images, adv_labels, xi, delta, loss_fn, autocast,
-                                                local=local)
+                    after = self._restyled_loss(model, adv_images, adv_labels, xi, delta, loss_fn, autocast)
                 logs["adv_gain"] = after - losses[0]
 
         dvae_out = {}
@@ -492,15 +363,12 @@ class FeatureDSP(nn.Module):
                 with torch.no_grad():  # styles before the D-VAE loss, which moves the standardiser
                     new_mean, new_std = self.styles(mean[:n], std[:n], xi, delta)
                 restyled = ops.adain(f[:n], new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean[:n], std[:n]))
-                restyled = self.local_mix(restyled, f[:n], (mean[:n], std[:n]), local)
                 f = torch.cat([restyled, f if branch else f[n:]])
             with torch.autocast(f.device.type, enabled=False):
                 dvae_out["loss"] = self.dvae.loss(mean[clean_from:], std[clean_from:], beta=self.beta)
             return f
 
-        with perturbation(model, hook), split_bn_stats(model, n) if self.split_bn else nullcontext(), \
-                deep_uncertainty(model, n, self.dsu) if n > 0 and self.dsu > 0 else nullcontext(), \
-                autocast or nullcontext():
+        with perturbation(model, hook), autocast or nullcontext():
             logits = net(images)
         if logits.shape[0] != labels.shape[0]:
             raise RuntimeError(f"FeatureDSP(branch=True): the training forward returned {logits.shape[0]} rows for "

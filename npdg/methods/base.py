@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from npdg.dsp.perturb import cross_entropy, distill_kl
+from npdg.dsp.perturb import cross_entropy
 from npdg.loop import Context, announce_amp
 
 
@@ -150,15 +150,12 @@ def choose_masks(ctx: Context, model, sens) -> dict:
 
 class Pruning(Method):
     """A method that trains, prunes, compacts and fine-tunes. The train stage adds s·Σ|γ| (``sparsity_weights``
-    per unit: None = 1) and, with prune_fade, fades the units the prune will remove; the prune removes
-    :meth:`keep_masks`; the fine-tune distils from the dense model with finetune_kd."""
+    per unit: None = 1); the prune removes what :meth:`keep_masks` drops."""
 
     prunes = True
 
     def __init__(self, ctx: Context, model):
         super().__init__(ctx, model)
-        self.fade_masks = None  # prune_fade: the keep-masks chosen when the fade began (the prune then uses them)
-        self.teacher = None  # finetune_kd: the dense model (frozen, eval mode) the pruned one distils from
         self.last_sensitivity = None  # npdg: the Sensitivity behind its weights (saved with dense.pt)
 
     def sparsity_weights(self):
@@ -169,21 +166,13 @@ class Pruning(Method):
 
     def train_loss_fn(self, model):
         """The train stage's loss: task + s·Σ w·|γ| (w: :meth:`sparsity_weights`)."""
-        from npdg.pruning import l1_penalty, scale_masked_
+        from npdg.pruning import l1_penalty
 
         cfg = self.cfg
         warmup = round(cfg.dsp_warmup * cfg.iters)
-        fade_from = cfg.iters - round(cfg.prune_fade * cfg.iters)
 
         def loss_fn(net, step, images, labels):
             self.before_step(model, step, images)
-            # prune_fade: the units the prune will remove, chosen at the first fading step, shrink by k/(k+1)
-            # each step (k = iters - step + 1): linearly to 1/(K+1) of their value over the K fading steps
-            # (gradients aside); end_train zeroes them after the last step
-            if step > fade_from:
-                if self.fade_masks is None:
-                    self.fade_masks = choose_masks(self.ctx, model, self.last_sensitivity)
-                scale_masked_(model, self.fade_masks, (cfg.iters - step + 1) / (cfg.iters - step + 2))
             loss, logs = self.task_loss(net, model, images, labels, clean=step <= warmup)
             if cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.sparsity_weights(), residual=cfg.prune_residual)
@@ -193,15 +182,9 @@ class Pruning(Method):
 
         return loss_fn
 
-    def end_train(self, model) -> None:
-        if self.fade_masks is not None:  # the fade's last factor: the faded units are exactly 0 in dense.pt
-            from npdg.pruning import apply_masks
-
-            apply_masks(model, self.fade_masks, inplace=True)
-
     def keep_masks(self, model, sens) -> dict:
-        """What the prune keeps: the faded units' complement (prune_fade), else :func:`choose_masks`."""
-        return self.fade_masks if self.fade_masks is not None else choose_masks(self.ctx, model, sens)
+        """What the prune keeps (:func:`choose_masks`)."""
+        return choose_masks(self.ctx, model, sens)
 
     def compacted(self, dense, small):
         """Hook after compaction (npdg: a fresh D-VAE when the perturbed layer was pruned)."""
@@ -211,67 +194,14 @@ class Pruning(Method):
         from npdg.pruning import compact
         from npdg.sensitivity import Sensitivity, pruned_vs_kept
 
-        cfg, ctx = self.cfg, self.ctx
+        ctx = self.ctx
         sens_file = run_dir / "sensitivity.json"  # npdg: the last pass of the train stage (rank 0 wrote it)
         sens = Sensitivity.load(sens_file) if ctx.main and sens_file.is_file() else None
         masks = self.keep_masks(model, sens)
         if sens is not None:  # the style sensitivity of what goes vs what stays, for the report
             ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, masks)
-        if cfg.finetune_kd > 0:  # the dense model, as dense.pt holds it (every rank has the same one)
-            import copy
-
-            self.set_teacher(copy.deepcopy(model))
         return self.compacted(model, compact(model, masks))
 
-    def set_teacher(self, dense) -> None:
-        """finetune_kd: the fine-tune distils from ``dense`` (frozen, eval mode)."""
-        self.teacher = dense.eval().requires_grad_(False)
-
-    def restyled_rows(self, batch: int) -> int:
-        """How many of a batch's images the training forward replaces by restyled ones (npdg without dsp_copy)."""
-        return 0
-
     def finetune_loss_fn(self, model):
-        """The fine-tune's loss: the task loss, + finetune_kd x KL(dense teacher || model) on the clean images
-        when a teacher is set (the training forward's clean rows are its last ones: restyled samples come
-        first, as copies or, without dsp_copy, in place of the first ceil(dsp_p * batch) images)."""
-        if self.teacher is None:
-            return lambda net, step, images, labels: self.task_loss(net, model, images, labels)
-        cfg = self.cfg
-
-        def loss_fn(net, step, images, labels):
-            last = []
-
-            def forward(x):  # the training forward is the last call (image-level DSP ascends through net first)
-                last[:] = [net(x)]
-                return last[0]
-
-            loss, logs = self.task_loss(forward, model, images, labels)
-            replaced = self.restyled_rows(len(images))
-            if replaced < len(images):
-                with torch.no_grad():
-                    target = self.teacher(images[replaced:])
-                kd = distill_kl(last[0][len(last[0]) - len(target):], target)
-                loss = loss + cfg.finetune_kd * kd
-                logs = {**logs, "kd": kd.item()}
-            return loss, logs
-
-        return loss_fn
-
-    def state(self) -> dict:
-        out = super().state()
-        if self.fade_masks is not None:
-            out["fade_masks"] = {k: v.cpu() for k, v in self.fade_masks.items()}
-        return out
-
-    def load_state(self, state: dict) -> None:
-        super().load_state(state)
-        if state.get("fade_masks"):
-            self.fade_masks = {k: v.to(self.ctx.device) for k, v in state["fade_masks"].items()}
-
-    def resume(self, state: dict, run_dir) -> None:
-        super().resume(state, run_dir)
-        if state["stage"] == "finetune" and self.cfg.finetune_kd > 0:  # the teacher: dense.pt
-            from npdg.serialization import load_model
-
-            self.set_teacher(load_model(run_dir / "dense.pt").to(self.ctx.device))
+        """The fine-tune's loss: the task loss."""
+        return lambda net, step, images, labels: self.task_loss(net, model, images, labels)

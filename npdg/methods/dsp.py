@@ -28,11 +28,8 @@ class DSP(Method):
 
         self.dsp = FeatureDSP(model.style_channels, latent=cfg.dsp_latent, hidden=cfg.dsp_hidden,
                               beta=cfg.dsp_beta, p=cfg.dsp_p, adv_steps=cfg.adv_steps,
-                              adv_step_size=cfg.adv_step_size, eps_scale=cfg.eps_scale,
-                              copy=cfg.dsp_copy, split_bn=cfg.dsp_split_bn,
-                              restyled_weight=cfg.dsp_weight, pixel=cfg.dsp_pixel,
-                              local=cfg.dsp_local, colour=cfg.dsp_colour, dsu=cfg.dsu, branch=cfg.dsp_branch,
-                              adv_scale=cfg.adv_scale).to(self.ctx.device)
+                              adv_step_size=cfg.adv_step_size, copy=cfg.dsp_copy, restyled_weight=cfg.dsp_weight,
+                              branch=cfg.dsp_branch, adv_scale=cfg.adv_scale).to(self.ctx.device)
         self.dsp_opt = torch.optim.Adam(self.dsp.parameters(), lr=cfg.dsp_lr)
 
     @property
@@ -53,7 +50,7 @@ class DSP(Method):
             with torch.autocast(images.device.type, enabled=False):  # the frozen generator and its D-VAE: fp32
                 return image_task_loss(self.dsp, net, images, labels, self.seg_loss, p=p,
                                        adv_steps=cfg.adv_steps, adv_step_size=cfg.adv_step_size,
-                                       eps_scale=cfg.eps_scale, copy=cfg.dsp_copy, restyled_weight=cfg.dsp_weight)
+                                       copy=cfg.dsp_copy, restyled_weight=cfg.dsp_weight)
         return self.dsp.task_loss(net, model, images, labels, self.seg_loss, p=p)  # (its D-VAE runs in fp32)
 
     def train_loss_fn(self, model):

@@ -47,7 +47,7 @@ class NPDG(DSP, Pruning):
         with torch.autocast(self.ctx.device.type, enabled=False):
             sens = compute_sensitivity(model, images[: cfg.sens_batch].float(), dsp, k=cfg.sens_k, lam=cfg.lam,
                                        precision=cfg.sens_precision, scale=cfg.sens_scale,
-                                       residual=cfg.prune_residual, colour=cfg.dsp_colour if cfg.sens_colour else 0.0)
+                                       residual=cfg.prune_residual)
         self.ctx.all_mean_(list(sens.weights.values()))
         self.weights = sens.weights
         self.last_sensitivity = sens
@@ -60,11 +60,6 @@ class NPDG(DSP, Pruning):
         if self.cfg.dsp_level == "feature" and small.style_channels != dense.style_channels:
             self.attach_dsp(small)  # the perturbed layer itself was pruned (VGG): a fresh D-VAE
         return small
-
-    def restyled_rows(self, batch: int) -> int:
-        from npdg.dsp.perturb import num_restyled
-
-        return 0 if self.cfg.dsp_copy else num_restyled(self.cfg.dsp_p, batch)
 
     def state(self) -> dict:
         out = super().state()

@@ -86,11 +86,11 @@ class SFP(Pruning):
 
     @classmethod
     def check(cls, cfg) -> None:
-        from npdg.config import ConfigError
+        from npdg.knobs import ConfigError
 
         if cfg.flops_target == 0 and not 0 < cfg.ratio < 1:
             raise ConfigError(f"ratio must be in (0, 1) for method=sfp, got {cfg.ratio}")
-        for name in ("threshold", "prune_residual", "prune_fade", "exact_ratio"):
+        for name in ("threshold", "prune_residual", "exact_ratio"):
             if getattr(cfg, name):
                 raise ConfigError(f"{name}: not an sfp option (sfp zeroes a fraction of every group by filter norm)")
         if cfg.sfp_every < 1:

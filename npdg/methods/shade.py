@@ -90,7 +90,7 @@ def jsd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class SHADE(Method):
     @classmethod
     def check(cls, cfg) -> None:
-        from npdg.config import ConfigError, _check_range
+        from npdg.knobs import ConfigError, check_range
 
         for name in ("shade_k", "shade_every"):
             if getattr(cfg, name) < 1:
@@ -98,9 +98,9 @@ class SHADE(Method):
         if cfg.shade_k > cfg.shade_every * cfg.batch_size:
             raise ConfigError(f"shade_k={cfg.shade_k} exceeds the {cfg.shade_every * cfg.batch_size} source styles a "
                               f"basis is chosen from (shade_every x batch_size = {cfg.shade_every} x {cfg.batch_size})")
-        _check_range(cfg, "shade_concentration", 0, None, low_open=True)
-        _check_range(cfg, "shade_sc", 0, None)
-        _check_range(cfg, "shade_rc", 0, None)
+        check_range(cfg, "shade_concentration", 0, None, low_open=True)
+        check_range(cfg, "shade_sc", 0, None)
+        check_range(cfg, "shade_rc", 0, None)
 
     def __init__(self, ctx, model):
         super().__init__(ctx, model)
@@ -116,7 +116,7 @@ class SHADE(Method):
     def choose_basis(self) -> None:
         """The K basis styles: farthest-point sampling over the styles seen since the last choice (from a random
         one, as the authors'); rank 0's basis on every rank."""
-        from npdg.config import ConfigError
+        from npdg.knobs import ConfigError
 
         cfg = self.cfg
         styles = torch.cat(self.bank)

@@ -10,7 +10,8 @@
   ``model.style_layer.register_forward_hook(lambda m, i, out: adain(out, mu, sigma))``.
 * ``deep_style_layers``: the backbone modules after ``style_layer`` whose outputs (N, C, h, w) feed the next
   stage -- every stage output after the style point but the last (ResNet layer2, layer3; VGG pool3, pool4;
-  MiT the stage outputs up to stage 3) -- the points where ``--dsu`` perturbs the restyled copies' statistics.
+  MiT the stage outputs up to stage 3); SHADE's retrospection consistency (``npdg.methods.shade``) compares the
+  features of the last of them.
 * ``arch_config()``: the plain-data constructor kwargs (incl. current ``widths``) that rebuild this
   architecture via ``create_model(model.registry_name, **cfg)``; ``save_model`` stores them.
 * ``input_norm=True`` (every model): ``forward`` first standardises each image per channel over its pixels

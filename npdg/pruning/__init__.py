@@ -13,7 +13,7 @@ architecture.
 
 from npdg.pruning.compact import compact
 from npdg.pruning.flops import flops, params
-from npdg.pruning.masks import PruningError, apply_masks, kept_widths_summary, scale_masked_, validate_masks
+from npdg.pruning.masks import PruningError, apply_masks, kept_widths_summary, validate_masks
 from npdg.pruning.select import select_masks, select_masks_for_flops
 from npdg.pruning.sparsity import l1_penalty, unit_importance
 
@@ -25,7 +25,6 @@ __all__ = [
     "kept_widths_summary",
     "l1_penalty",
     "params",
-    "scale_masked_",
     "select_masks",
     "select_masks_for_flops",
     "unit_importance",

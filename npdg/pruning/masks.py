@@ -62,15 +62,6 @@ def apply_masks(model: nn.Module, masks: dict, inplace: bool = False) -> nn.Modu
     return out
 
 
-@torch.no_grad()
-def scale_masked_(model: nn.Module, masks: dict, factor: float) -> None:
-    """Multiply, in place, what masking zeroes (γ, BN bias; a MiT stream's writer rows) of every unit that
-    ``masks`` prunes by ``factor``: units fading out before the prune (``prune_fade``)."""
-    groups = groups_by_name(model, names=masks)
-    for name, keep in masks.items():
-        groups[name].scale_(~keep, factor)
-
-
 def kept_widths_summary(masks: dict) -> dict[str, tuple[int, int]]:
     """{group name: (kept units, group size)}, e.g. for a report or a log line."""
     return {name: (int(m.sum()), m.numel()) for name, m in masks.items()}
