@@ -36,3 +36,15 @@ def test_the_headline_reports_every_method_against_npdg_with_intervals():
     for method, p in paired.items():
         uns = p["metrics"]["unseen_mean"]
         assert f"| {method} |" in text and f"{uns['mean_diff']:+.2f}" in text
+
+
+def test_the_experiments_page_lists_every_comparison_with_its_definition():
+    doc = _module()
+    text = doc.experiments()
+    paths = [p for p in doc.RESULTS.rglob("compare*.json") if doc.FAIR not in p.parents]
+    assert len(paths) > 100
+    for path in paths:
+        row = next(line for line in text.splitlines() if line.startswith(f"| [{path.stem}]("))
+        definition = __import__("json").loads(path.read_text()).get("miou_definition", "labels_present")
+        assert f"| {definition} |" in row, row
+    assert "| labels_present |" in text and "| standard |" in text
