@@ -164,6 +164,15 @@ def _benchmarks(path: Path) -> list[dict]:
     return json.loads(path.read_text())["benchmarks"]
 
 
+def step_label(keys: dict) -> str:
+    """A step_breakdown row's step, from the keys it recorded (rows before issue 33's flip record only what they
+    changed: the defaults then were copies of the inputs and a full-resolution adversary)."""
+    branch, scale = keys.get("dsp_branch", False), keys.get("adv_scale", 1.0)
+    label = f"{'branch' if branch else 'copies'}, adversary at {scale:g}"
+    return label + (": the default" if branch and scale == 0.5 else ": before issue 33" if not branch and scale == 1
+                    else "")
+
+
 def performance() -> str:
     lines = ["Training step (median; `benches/bench_train.py` or `benches/step_breakdown.py`, one run per file, "
              "its rows side by side):", "",
@@ -185,7 +194,7 @@ def performance() -> str:
         path = RESULTS / name
         for row in json.loads(path.read_text())["rows"]:
             t, r = row["seconds"], row["ratios"]
-            lines.append(f"| {machine} | {row['model']} ({row['variant']}, `benches/step_breakdown.py`) | "
+            lines.append(f"| {machine} | {row['model']} ({step_label(row['keys'])}; `benches/step_breakdown.py`) | "
                          f"{t['erm_step'] * 1e3:.1f} ms | {t['step'] * 1e3:.1f} ms | {r['step_over_erm']:.2f}× | "
                          f"`{rel(path)}` |")
     lines += ["", "Pruned (ratio 0.3, `round_to` 8) against dense, `benches/bench_runtimes.py`:", "",
