@@ -80,7 +80,8 @@ def method_rows(runs: dict[str, list[dict]]) -> list[dict]:
                      "unseen": sum(m["unseen_mean"]["final"] for m in ms) / len(ms),
                      "flops": (min(flops), max(flops)),
                      "steps": sorted({m["steps"]["train"] + m["steps"]["finetune"] for m in ms}),
-                     "definitions": sorted({m.get("miou_definition", "labels_present") for m in ms})})
+                     "definitions": sorted({m.get("miou_definition", "labels_present") for m in ms}),
+                     "dsp_steps": sorted({step_label(m["config"]) for m in ms if method in ("dsp", "npdg")})})
     return rows
 
 
@@ -138,8 +139,9 @@ def document(models: dict) -> str:
              "Every row is the **default run** of its method (`python -m npdg.train --method M --model X --seed S`, "
              "nothing else given; `bash benches/fair_table.sh OUTDIR` reruns them): the same 260 optimiser steps in "
              "all, the same inputs (per-image input standardisation on for every method on a CNN, off on "
-             "SegFormer), slimming and npdg pruned to the same FLOPs target (60 % of dense on CNNs, 75 % on "
-             "SegFormer). mIoU is the field's (`npdg.metrics`, `miou_definition: standard`: IoU = TP / (TP + FP + "
+             "SegFormer), slimming, sfp and npdg pruned to the same FLOPs target (60 % of dense on CNNs, 75 % on "
+             "SegFormer); the DSP step of dsp and npdg is named in the runs table below. mIoU is the field's "
+             "(`npdg.metrics`, `miou_definition: standard`: IoU = TP / (TP + FP + "
              "FN) over the set, a class predicted but absent from the labels scores 0, as cityscapesscripts and "
              "mmseg). Source = the source domain's val split; night, fog, rain, snow, painted are unseen target "
              "domains (never used to choose anything). Earlier experiments, under the legacy mIoU, are in "
@@ -147,14 +149,15 @@ def document(models: dict) -> str:
     for model, (rows, paired) in models.items():
         lines += [f"## {MODEL_NAMES.get(model, model)}", ""]
         lines += per_target(model, rows, paired) + [""]
-        lines += ["| method | seeds | steps in all | mIoU definition | runs | paired comparison |",
-                  "|---|---|---:|---|---|---|"]
+        lines += ["| method | seeds | steps in all | DSP step | mIoU definition | runs | paired comparison |",
+                  "|---|---|---:|---|---|---|---|"]
         for r in rows:
             d = FAIR / model
             cmp_file = d / f"compare-npdg-{r['method']}.md"
             cmp_link = f"[{cmp_file.name}](../{rel(cmp_file)})" if cmp_file.is_file() else "–"
             lines.append(f"| {r['method']} | {', '.join(map(str, r['seeds']))} | "
-                         f"{', '.join(map(str, r['steps']))} | {', '.join(r['definitions'])} | "
+                         f"{', '.join(map(str, r['steps']))} | {', '.join(r['dsp_steps']) or '–'} | "
+                         f"{', '.join(r['definitions'])} | "
                          f"`{rel(d)}/{r['method']}-s*.json` | {cmp_link} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
