@@ -121,6 +121,28 @@ def headline(models: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
+def verdict(st: dict) -> str:
+    """'better' / 'worse' when the 95 % interval of NPDG − method excludes 0, else 'level'."""
+    if st["ci"] is None:
+        return "one seed"
+    return "better" if st["ci"][0] > 0 else "worse" if st["ci"][1] < 0 else "level"
+
+
+def findings(models: dict) -> str:
+    """What the headline table shows, one line per model and method: NPDG − method on the unseen mean and the
+    source with intervals and a verdict from the interval alone (no hand-written numbers)."""
+    lines = ["What it shows (NPDG − method, paired by seed; *level* = the 95 % interval includes 0):", ""]
+    for model, (rows, paired) in models.items():
+        npdg = next(r for r in rows if r["method"] == "npdg")
+        parts = []
+        for method, p in paired.items():
+            uns, src = p["metrics"]["unseen_mean"], p["metrics"]["source"]
+            parts.append(f"vs {method} unseen {_ci(uns)} ({verdict(uns)}), source {_ci(src)} ({verdict(src)})")
+        lines.append(f"- {MODEL_NAMES.get(model, model)}, NPDG at {_flops(npdg['flops'])} of the dense FLOPs: "
+                     + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def per_target(model: str, rows, paired) -> list[str]:
     specs = rows[0]["specs"][1:]
     lines = [f"NPDG − method per unseen domain ({MODEL_NAMES.get(model, model)}; mean paired difference, 95 % "
@@ -273,7 +295,7 @@ def build() -> dict[Path, str]:
         if "npdg" in runs:
             models[model_dir.name] = (method_rows(runs), paired_vs_npdg(model_dir, runs))
     readme = README.read_text()
-    readme = replace_block(readme, "headline", headline(models), README)
+    readme = replace_block(readme, "headline", headline(models) + "\n\n" + findings(models), README)
     readme = replace_block(readme, "performance", performance(), README)
     return {DOC: document(models), EXPERIMENTS: experiments(), README: readme}
 
