@@ -223,12 +223,15 @@ def _benchmarks(path: Path) -> list[dict]:
 
 
 def step_label(keys: dict) -> str:
+    from npdg.knobs import ADV_SCALE
+
     """A step_breakdown row's step, from the keys it recorded (rows before issue 33's flip record only what they
     changed: the defaults then were copies of the inputs and a full-resolution adversary)."""
     branch, scale = keys.get("dsp_branch", False), keys.get("adv_scale", 1.0)
     label = f"{'branch' if branch else 'copies'}, adversary at {scale:g}"
-    return label + (": the default" if branch and scale == 0.5 else ": before issue 33" if not branch and scale == 1
-                    else "")
+    if branch and scale == ADV_SCALE:
+        return label + ": the default"
+    return label + (": before issue 33" if not branch and scale == 1 else "")
 
 
 def performance() -> str:

@@ -1,12 +1,12 @@
 """Where a DSP / NPDG training step's time goes (issue 33), beside ERM's step and the recipe's floor.
 
     python benches/step_breakdown.py --out benches/results/cpu_2core_step_breakdown.json [--models M ...]
-        [--variants full branch default] [--repeats 7] [--device cpu|cuda]
+        [--variants full half default] [--repeats 7] [--device cpu|cuda]
 
 Per model and variant (``full``: the step before issue 33; ``branch``: ``dsp_branch`` at a full-resolution
-adversary; ``default``: ``dsp_branch`` + ``adv_scale`` 0.5, the default since issue 33; ``adv0.25``: ``adv_scale``
-0.25; joined with ``+``, later keys win), medians over ``--repeats`` of, all measured in this one process,
-interleaved round by round:
+adversary; ``half``: ``dsp_branch`` + ``adv_scale`` 0.5; ``default``: ``dsp_branch`` + ``adv_scale`` 0.25, the
+default since issue 33; joined with ``+``, later keys win), medians over ``--repeats`` of, all measured in this one
+process, interleaved round by round:
 - ``erm_step``: ERM's whole step (forward, loss, backward, SGD update) on the batch;
 - ``step``: the npdg step (sensitivity-weighted L1 included, a sensitivity refresh not: that is
   ``sensitivity_pass`` / ``sens_every``, reported as ``sensitivity_amortised``); ``dsp_step``: the same for dsp;
@@ -52,8 +52,8 @@ from npdg.models import create_model  # noqa: E402
 VARIANTS = {  # explicit keys, so a row means the same step whatever the defaults of its day
     "full": {"dsp_branch": False, "adv_scale": 1.0},  # the step before issue 33: input copies, full-res adversary
     "branch": {"dsp_branch": True, "adv_scale": 1.0},
-    "default": {"dsp_branch": True, "adv_scale": 0.5},  # the default since issue 33 (benches/results/fair_fast/)
-    "adv0.25": {"adv_scale": 0.25},
+    "half": {"dsp_branch": True, "adv_scale": 0.5},  # issue 33's first plan (benches/results/fair_fast/PLAN.md)
+    "default": {"dsp_branch": True, "adv_scale": 0.25},  # the default since issue 33's second plan (PLAN_adv025.md)
 }
 
 
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--models", nargs="+", default=None)
-    p.add_argument("--variants", nargs="+", default=["full", "branch", "default"])
+    p.add_argument("--variants", nargs="+", default=["full", "half", "default"])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 2, 33x65, one repeat")

@@ -35,6 +35,9 @@ REMOVED = {  # key -> what it was (measured and not adopted; see docs/results-hi
 }
 
 
+ADV_SCALE = 0.25  # adv_scale = None resolves to this at the feature level (see Knobs.adv_scale)
+
+
 class ConfigError(ValueError, KeyError):
     """A config key that does not exist or a value outside its allowed range; the message names the key."""
 
@@ -153,11 +156,12 @@ class Knobs:
     #   the style point (the layers before it run once, on the clean batch) instead of running those layers again on
     #   copies of the inputs; the BatchNorm layers before the style point then normalise over the distinct images
     #   only (npdg.dsp.perturb.FeatureDSP); none = on with feature-level dsp_copy (issue 33: five paired seeds with
-    #   adv_scale 0.5, source +0.43 [-0.63, +1.48], unseen +0.12 [-0.47, +0.71] against the full step, 1.20x
-    #   faster on CPU: benches/results/fair_fast/), off otherwise (the paper's)
+    #   adv_scale 0.5, source +0.43 [-0.63, +1.48], unseen +0.12 [-0.47, +0.71] against the full step:
+    #   benches/results/fair_fast/PLAN.md), off otherwise (the paper's)
     adv_scale: float | None = None  # the adversary ascends on the restyled samples resized by this factor (in
     #   (0, 1]; 1 = full resolution, the paper's): it searches per-channel statistics, which barely depend on
-    #   resolution, at ~adv_scale² the cost; none = 0.5 at the feature level (issue 33, see dsp_branch), 1 otherwise
+    #   resolution, at ~adv_scale² the cost; none = 0.25 at the feature level (issue 33: five paired seeds against
+    #   0.5, source +0.03 [-0.62, +0.68], unseen -0.07 [-0.44, +0.29]: fair_fast/PLAN_adv025.md), 1 otherwise
     sens_scale: str = "relative"  # sparsity weights from the γ-scaled outputs' variances (output, the paper's)
     #   or scale-free ones, relative to each unit's own variance (relative, the default); see npdg.sensitivity
     prune_sens: float = 2.0  # npdg: the prune ranks importance / w_rel**prune_sens (w_rel: the last pass's
@@ -176,7 +180,7 @@ class Knobs:
     def validate_knobs(self) -> None:
         """Range and combination checks of these keys (Config.validate calls it after its own)."""
         if self.adv_scale is None:
-            self.adv_scale = 0.5 if self.dsp_level == "feature" else 1.0
+            self.adv_scale = ADV_SCALE if self.dsp_level == "feature" else 1.0
         if self.dsp_branch is None:
             self.dsp_branch = self.dsp_copy and self.dsp_level == "feature"
         for name, low in (("min_keep", 1), ("adv_steps", 0), ("sens_k", 2), ("sens_batch", 1), ("dsp_latent", 1),

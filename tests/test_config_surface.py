@@ -66,9 +66,9 @@ def test_a_run_saved_before_the_clean_up_resumes_as_it_ran(monkeypatch, tmp_path
 
 def test_the_fast_step_is_the_feature_level_default_and_off_in_the_paper_presets():
     cfg = load_config()
-    assert cfg.dsp_branch is True and cfg.adv_scale == 0.5
+    assert cfg.dsp_branch is True and cfg.adv_scale == 0.25
     off = load_config(None, ["--dsp_copy=false"])
-    assert off.dsp_branch is False and off.adv_scale == 0.5
+    assert off.dsp_branch is False and off.adv_scale == 0.25
     for preset in ("gta5_cityscapes_r50", "gta5_cityscapes_mitb5"):
         paper = load_config(None, [f"--preset={preset}"])
         assert paper.dsp_branch is False and paper.adv_scale == 1.0
