@@ -71,7 +71,7 @@ export NPDG_BENCH_COMPILE=1
 bench runtimes_compile 60 benches/bench_runtimes.py -k "compile and segformer_b0"
 unset NPDG_BENCH_COMPILE
 
-log "step breakdown (R50, SegFormer-B0; default / branch / branch + adv_scale 0.5)"
+log "step breakdown (R50, SegFormer-B0; the step before issue 33 / adv_scale 0.5 / the default, 0.25)"
 timeout -s INT -k 10 90 $PY benches/step_breakdown.py --out "$res/step_breakdown.json" --repeats 3 2>&1 \
     | tail -8 | tee -a "$out/summary.log" || status=1
 
