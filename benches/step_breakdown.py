@@ -232,6 +232,33 @@ def breakdown(model_name, variant, device, batch, size, repeats) -> dict:
             "seconds": t, "ratios": ratios, "kernels": kernels}
 
 
+def markdown(data: dict) -> str:
+    """The JSON of a run as a markdown table (one row per model and variant; ``vs full``: the step before issue 33
+    over this step, where the run has the ``full`` variant)."""
+    env = data["env"]
+    cols = ["model", "variant (keys)", "erm step", "npdg step", "npdg / erm", "vs full", "floor", "npdg / floor",
+            "adversary", "layers before the style point", "D-VAE + sizing", "sensitivity (amortised)", "kernels off",
+            "dsp step / erm"]
+    lines = ["# Where an NPDG step's time goes (issue 33), `benches/step_breakdown.py`", "",
+             f"Machine: {env['device']} ({data['threads']} threads), torch {env['torch']}, {data['date']}; every row "
+             "of a model measured interleaved in one process (medians). Rows name their keys.", "",
+             "| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]
+    full = {r["model"]: r["seconds"]["step"] for r in data["rows"] if r["variant"] == "full"}
+    for r in data["rows"]:
+        t, q = r["seconds"], r["ratios"]
+        ms = {k: f"{v * 1e3:.1f} ms" if v < 0.01 else f"{v * 1e3:.0f} ms" for k, v in t.items()}
+        cells = [r["model"], f"{r['variant']} ({', '.join(f'{k} {v}' for k, v in r['keys'].items())})",
+                 ms["erm_step"], ms["step"], f"{q['step_over_erm']:.2f}x",
+                 f"{full[r['model']] / t['step']:.2f}x" if r["model"] in full else "–", ms["floor"],
+                 f"{q['step_over_floor']:.2f}x", ms["adversary"], ms["pre_style"], ms["dvae_and_sizing"],
+                 ms["sensitivity_amortised"], ms["step_reference"], f"{q['dsp_step_over_erm']:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "floor = the recipe's own work: the training pass on the clean and restyled rows with the layers "
+              "before the style point run once, no adversary. adversary = step − the same step with adv_steps 0. "
+              "kernels off = the same npdg step with NPDG_KERNELS=reference."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -240,7 +267,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="smoke run: batch 2, 33x65, one repeat")
+    p.add_argument("--md", type=Path, default=None, help="also write the table as markdown (with --render: only that)")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON", help="render an earlier run's JSON (--md)")
     args = p.parse_args(argv)
+    if args.render:
+        (args.md or args.render.with_suffix(".md")).write_text(markdown(json.loads(args.render.read_text())))
+        return 0
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     models = args.models or (["deeplabv3plus_r50", "segformer_b0"] if cuda else ["deeplabv3plus_r18", "segformer_b0"])
@@ -260,8 +292,11 @@ def main(argv=None) -> int:
                   f"{s['sensitivity_amortised'] * 1e3:.1f} amortised; kernels off {s['step_reference'] * 1e3:.1f} ms, "
                   f"custom ops {100 * (row['kernels']['share'] or 0):.1f} % of a step", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env_info(device), "threads": torch.get_num_threads(),
-                                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}, indent=1) + "\n")
+    data = {"env": env_info(device), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rows": rows}
+    args.out.write_text(json.dumps(data, indent=1) + "\n")
+    if args.md:
+        args.md.write_text(markdown(data))
     return 0
 
 
