@@ -33,6 +33,7 @@ MODEL_NAMES = {"deeplabv3plus_r18": "DeepLabV3+ ResNet-18", "segformer_b0": "Seg
 TRAIN_STEP_FILES = {"2-core AMD EPYC (CPU, fp32, batch 8, 96x192)": "cpu_2core_train_step_default_recipe.json",
                     "NVIDIA H200 (bf16, batch 8, 512x512)": "gpu_h200/bench_train.json"}
 RUNTIME_FILES = {"NVIDIA H200 (eager, batch 4)": "gpu_h200/bench_runtimes.json"}
+METHOD_STEP_FILES = {"2-core Intel Xeon (CPU, fp32, batch 8, 96x192)": "cpu_2core_xeon_train_step_methods.json"}
 BREAKDOWN_FILES = {"2-core Intel Xeon (CPU, fp32, batch 8, 96x192)": "cpu_2core_xeon_step_breakdown.json"}
 
 
@@ -258,6 +259,17 @@ def performance() -> str:
             lines.append(f"| {machine} | {row['model']} ({step_label(row['keys'])}; `benches/step_breakdown.py`) | "
                          f"{t['erm_step'] * 1e3:.1f} ms | {t['step'] * 1e3:.1f} ms | {r['step_over_erm']:.2f}× | "
                          f"`{rel(path)}` |")
+    for machine, name in METHOD_STEP_FILES.items():
+        path = RESULTS / name
+        steps = {(b["extra_info"]["model"], b["extra_info"]["method"]): b["stats"]["median"] * 1000
+                 for b in _benchmarks(path) if b["name"].startswith("test_train_step")}
+        lines += ["", f"Every method's training step against ERM's ({machine}; `benches/bench_train.py`, one run, "
+                  f"`{rel(path)}`):", "", "| model | " + " | ".join(m for m in METHOD_ORDER if any(
+                      k[1] == m for k in steps)) + " |", "|---|" + "---:|" * len({k[1] for k in steps})]
+        for model in sorted({k[0] for k in steps}):
+            erm = steps[(model, "erm")]
+            lines.append(f"| {model} | " + " | ".join(f"{steps[(model, m)]:.0f} ms ({steps[(model, m)] / erm:.2f}×)"
+                                                      for m in METHOD_ORDER if (model, m) in steps) + " |")
     lines += ["", "Pruned (ratio 0.3, `round_to` 8) against dense, `benches/bench_runtimes.py`:", "",
               "| machine | model | dense | pruned | FLOPs pruned / dense | speed-up | file |",
               "|---|---|---:|---:|---:|---:|---|"]
