@@ -242,7 +242,7 @@ def _apply(cfg: Config, values: dict, where: str) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see --help for the keys"
-            gone = (f" ({key} was removed: {REMOVED[key]}, measured and not adopted; see docs/results-history.md, "
+            gone = (f" ({key} was removed: {REMOVED[key][0]}, measured and not adopted; see docs/results-history.md, "
                     f"last in commit {REMOVED_AT})") if key in REMOVED else ""
             raise ConfigError(f"{where}: unknown config key {key!r}; {hint}{gone}")
         setattr(cfg, key, coerce(value, hints[key], key))

@@ -20,18 +20,19 @@ import typing
 from dataclasses import dataclass
 
 REMOVED_AT = "604d432"  # the last commit that has every removed key's code path
-REMOVED = {  # key -> what it was (measured and not adopted; see docs/results-history.md)
-    "dsp_pixel": "a random RGB style at the input of the restyled copies",
-    "dsp_colour": "a random colour matrix on the restyled copies' inputs",
-    "sens_colour": "colour-restyled sensitivity variants (with dsp_colour)",
-    "dsp_local": "two styles per restyled sample, blended over space",
-    "dsu": "DSU statistics resampling at the deeper stages",
-    "dsp_split_bn": "separate BatchNorm batch statistics for the restyled samples",
-    "eps_scale": "the spread of the D-VAE's initial latent draw (now 1)",
-    "swa": "the average of the last iterates (SWA)",
-    "lr_schedule": "one poly decay over train + fine-tune (now each stage its own, the paper's)",
-    "finetune_kd": "distillation from the dense model in the fine-tune",
-    "prune_fade": "fading the units the prune removes before it",
+REMOVED = {  # key -> (what it was, the values that give today's behaviour); measured and not adopted, see
+    #   docs/results-history.md. A run saved with such a value resumes; one with any other asks for REMOVED_AT.
+    "dsp_pixel": ("a random RGB style at the input of the restyled copies", (0,)),
+    "dsp_colour": ("a random colour matrix on the restyled copies' inputs", (0,)),
+    "sens_colour": ("colour-restyled sensitivity variants (with dsp_colour)", (True, False)),  # inert without it
+    "dsp_local": ("two styles per restyled sample, blended over space", (0,)),
+    "dsu": ("DSU statistics resampling at the deeper stages", (0,)),
+    "dsp_split_bn": ("separate BatchNorm batch statistics for the restyled samples", (False,)),
+    "eps_scale": ("the spread of the D-VAE's initial latent draw (now 1)", (1,)),
+    "swa": ("the average of the last iterates (SWA)", (0,)),
+    "lr_schedule": ("one poly decay over train + fine-tune (now each stage its own, the paper's)", ("stage",)),
+    "finetune_kd": ("distillation from the dense model in the fine-tune", (0,)),
+    "prune_fade": ("fading the units the prune removes before it", (0,)),
 }
 
 

@@ -172,10 +172,10 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Config, Path, dict
     if resume:
         state = checkpoint.load_state(resume)
         # a key added after the run started takes the value the run had (input_norm: off before it existed, the
-        # copies ran the whole model at full resolution); a removed key is dropped when the run left it off
+        # copies ran the whole model at full resolution); a removed key is dropped at a value today's code matches
         saved = dict(state["config"])
         for key in set(saved) & set(REMOVED):
-            if saved.pop(key) not in (0, 0.0, False, "stage"):
+            if saved.pop(key) not in REMOVED[key][1]:
                 raise ConfigError(f"{resume}: this run sets {key}={state['config'][key]}, removed since (last in "
                                   f"commit {REMOVED_AT}): resume it with that commit")
         cfg = Config(**{**Config().to_dict(), "input_norm": False, "dsp_branch": False, "adv_scale": 1.0, **saved})

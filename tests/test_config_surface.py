@@ -2,6 +2,7 @@
 listed by --help / --help_all, removed keys refused by name, and runs saved before the clean-up still resume."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,14 @@ def _resume_with(monkeypatch, tmp_path, saved: dict):
 
 
 def test_a_run_saved_before_the_clean_up_resumes_as_it_ran(monkeypatch, tmp_path):
-    before = load_config().to_dict()
-    del before["dsp_branch"], before["adv_scale"]  # keys it predates: it ran the full step
+    # the config a real run saved before the clean-up: every removed key at its default of the day (sens_colour
+    # true, eps_scale 1, lr_schedule stage, ...), and no dsp_branch / adv_scale (it ran the full step)
+    saved = Path(__file__).resolve().parents[1] / "benches/results/fair_fast/segformer_b0/npdg_full-s0.json"
+    before = json.loads(saved.read_text())["config"]
+    assert set(knobs.REMOVED) <= set(before) and "dsp_branch" not in before and "adv_scale" not in before
+    cfg = _resume_with(monkeypatch, tmp_path, before)
+    assert cfg.dsp_branch is False and cfg.adv_scale == 1.0 and cfg.model == "segformer_b0"
+    before = {k: v for k, v in load_config().to_dict().items() if k not in ("dsp_branch", "adv_scale")}
     before.update(swa=0.0, lr_schedule="stage", prune_fade=0.0, dsp_split_bn=False, dsp_local=0)  # removed, off
     cfg = _resume_with(monkeypatch, tmp_path, before)
     assert cfg.dsp_branch is False and cfg.adv_scale == 1.0 and cfg.iters == load_config().iters
