@@ -28,6 +28,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def format_help(self):
+        if callable(self.epilog):  # an epilog that costs work (e.g. reading source files) is built on --help only
+            self.epilog = self.epilog()
+        return super().format_help()
+
 
 def int_at_least(low: int):
     """argparse type: an int >= low, with a one-line error."""

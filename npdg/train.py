@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = cli.Parser(prog="python -m npdg.train", description=__doc__.split("\n\n")[0],
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="config keys (--key=value or --key value, a YAML file with --config; "
-                               "npdg/config.py):\n\n"
-                               + cli.keys_help(config.Config, config.__file__)
+                        epilog=lambda: "config keys (--key=value or --key value, a YAML file with --config; "
+                               "npdg/config.py):\n\n" + cli.keys_help(config.Config, config.__file__)
                                + "\n\nthe recipe's rarer knobs (method internals, the paper's switches): --help_all")
     parser.add_argument("--help_all", action="store_true", help="also list the recipe's rarer knobs (npdg/knobs.py)")
     parser.add_argument("--config", help="YAML file of config keys")

@@ -154,10 +154,6 @@ class Pruning(Method):
 
     prunes = True
 
-    def __init__(self, ctx: Context, model):
-        super().__init__(ctx, model)
-        self.last_sensitivity = None  # npdg: the Sensitivity behind its weights (saved with dense.pt)
-
     def sparsity_weights(self):
         return None
 

@@ -20,6 +20,7 @@ class NPDG(DSP, Pruning):
         super().__init__(ctx, model)
         self.weights = None  # {group: w (size,)} from the last sensitivity pass
         self.sens_dsp = None  # image level: the feature-level D-VAE that makes sensitivity's styles
+        self.last_sensitivity = None  # the Sensitivity behind the weights (saved beside dense.pt)
 
     train_loss_fn = Pruning.train_loss_fn  # (DSP's warm-up is in Pruning's loss too)
 
