@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npdg.knobs import REMOVED, REMOVED_AT, ConfigError, Knobs, check_range, coerce, parse_overrides
+from npdg.knobs import REMOVED, REMOVED_AT, ConfigError, Knobs, check_at_least, check_range, coerce, parse_overrides
 from npdg.methods import REGISTRY, method_class
 
 METHODS = tuple(REGISTRY)  # --method names; each method's facts and defaults live in its class (npdg/methods/)
@@ -145,10 +145,7 @@ class Config(Knobs):
             self.finetune_iters = method.finetune_iters
         elif self.finetune_iters < 0:
             raise ConfigError(f"finetune_iters must be >= 0 (or -1: the method's default), got {self.finetune_iters}")
-        for name, low in (("round_to", 1), ("sens_every", 1), ("ckpt_every", 1),
-                          ("workers", 0), ("log_every", 1), ("eval_every", 0), ("val_num", 0)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        check_at_least(self, round_to=1, sens_every=1, ckpt_every=1, workers=0, log_every=1, eval_every=0, val_num=0)
         if self.budget < 0:
             raise ConfigError(f"budget must be >= 0 (0 = off; -1 = the default, {BUDGET} unless iters is given), "
                               f"got {self.budget}")

@@ -45,6 +45,13 @@ class ConfigError(ValueError, KeyError):
     __str__ = ValueError.__str__  # KeyError would quote the message
 
 
+def check_at_least(cfg, **lows) -> None:
+    """ConfigError naming the first key of ``lows`` whose value is below its bound."""
+    for name, low in lows.items():
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
+
+
 def check_range(cfg, name, low, high, low_open=False, high_open=False):
     v = getattr(cfg, name)
     bad = (low is not None and (v < low or (low_open and v == low))) or (
@@ -184,10 +191,8 @@ class Knobs:
             self.adv_scale = ADV_SCALE if self.dsp_level == "feature" else 1.0
         if self.dsp_branch is None:
             self.dsp_branch = self.dsp_copy and self.dsp_level == "feature"
-        for name, low in (("min_keep", 1), ("adv_steps", 0), ("sens_k", 2), ("sens_batch", 1), ("dsp_latent", 1),
-                          ("dsp_hidden", 1), ("skip_nonfinite", 0), ("data_timeout", 0)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        check_at_least(self, min_keep=1, adv_steps=0, sens_k=2, sens_batch=1, dsp_latent=1, dsp_hidden=1,
+                       skip_nonfinite=0, data_timeout=0)
         for name in ("dsp_beta", "adv_step_size", "prune_sens", "dsp_weight"):
             check_range(self, name, 0, None)
         check_range(self, "dsp_warmup", 0, 1)
