@@ -64,7 +64,12 @@ def baseline_provider(provider: str, device, reference_fn):
 
 @pytest.fixture(scope="session")
 def bench_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA where there is one, with cuDNN's algorithms timed per shape as npdg.train and npdg.profile run
+    (Config.cudnn_benchmark, profile's Settings.cudnn_benchmark); else the CPU."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 @pytest.fixture(scope="session")

@@ -275,15 +275,26 @@ def main(argv=None) -> int:
         return 0
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # as npdg.train runs (Config.cudnn_benchmark)
     models = args.models or (["deeplabv3plus_r50", "segformer_b0"] if cuda else ["deeplabv3plus_r18", "segformer_b0"])
     batch, size = (8, (512, 512)) if cuda else (8, (96, 192))
     if args.quick:
         batch, size, args.repeats = 2, (33, 65), 1
     rows = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    date = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def save():  # after every row: a run stopped at its time cap keeps the rows it has measured
+        data = {"env": env_info(device), "threads": torch.get_num_threads(), "date": date, "rows": rows}
+        args.out.write_text(json.dumps(data, indent=1) + "\n")
+        if args.md:
+            args.md.write_text(markdown(data))
+
     for model_name in models:
         for variant in args.variants:
             row = breakdown(model_name, variant, device, batch, size, args.repeats)
             rows.append(row)
+            save()
             s, r = row["seconds"], row["ratios"]
             print(f"{model_name} {variant}: step {s['step'] * 1e3:.1f} ms = {r['step_over_erm']:.2f}x erm "
                   f"({s['erm_step'] * 1e3:.1f} ms), {r['step_over_floor']:.2f}x floor ({s['floor'] * 1e3:.1f} ms); "
@@ -291,12 +302,6 @@ def main(argv=None) -> int:
                   f"{s['dvae_and_sizing'] * 1e3:.1f}, optimizer {s['optimizer'] * 1e3:.1f}, sensitivity "
                   f"{s['sensitivity_amortised'] * 1e3:.1f} amortised; kernels off {s['step_reference'] * 1e3:.1f} ms, "
                   f"custom ops {100 * (row['kernels']['share'] or 0):.1f} % of a step", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    data = {"env": env_info(device), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "rows": rows}
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
-    if args.md:
-        args.md.write_text(markdown(data))
     return 0
 
 

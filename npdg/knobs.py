@@ -185,6 +185,11 @@ class Knobs:
     data_timeout: int = 300  # seconds a worker may take for one batch before the run stops (0 = no limit)
     skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient to skip (logged) before stopping
 
+    # --- the GPU
+    cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per new shape (the training
+    #   crops are fixed) instead of its heuristics, which pick slow kernels for some pruned widths; false = the
+    #   heuristics (the same algorithms in every run)
+
     def validate_knobs(self) -> None:
         """Range and combination checks of these keys (Config.validate calls it after its own)."""
         if self.adv_scale is None:

@@ -191,6 +191,8 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Config, Path, dict
 def train(cfg: Config, resume: str | None = None) -> dict:
     cfg, run_dir, state = prepare_run_dir(cfg, resume)
     device, rank, world = setup_distributed(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if state is None:
         torch.manual_seed(cfg.seed + rank)
     ctx = Context(cfg, device, rank, world)

@@ -197,3 +197,15 @@ def test_npdg_run_under_bf16_autocast_on_cuda(tmp_path):
     assert metrics["final"]["flops"] < metrics["dense"]["flops"]
     sens = json.loads((tmp_path / "r" / "sensitivity.json").read_text())
     assert all(v == v for w in sens["weights"].values() for v in w)  # no NaN from bf16 variances
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("flag", [True, False])
+def test_training_sets_the_cudnn_algorithm_choice(flag, tmp_path):
+    """npdg.train on CUDA runs with cuDNN's algorithms timed per shape (cudnn_benchmark, the default) or its
+    heuristics (--cudnn_benchmark=false)."""
+    torch.backends.cudnn.benchmark = not flag
+    args = [a for a in TINY if a != "--device=cpu"]
+    main(args + ["--device=cuda", "--iters=1", f"--cudnn_benchmark={str(flag).lower()}", "--out", str(tmp_path / "r")])
+    assert torch.backends.cudnn.benchmark is flag

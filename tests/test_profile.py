@@ -275,3 +275,37 @@ def test_missing_runtime_exit_2_names_pip_package(missing, pip, run_dir, capsys,
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("python -m npdg.profile: error:") and f"pip install {pip}" in err
     assert not out  # failed before measuring anything
+
+
+@pytest.mark.parametrize("device, asked, inside", [("cuda", True, True), ("cuda", False, False),
+                                                   ("cpu", True, False)])
+def test_cudnn_algorithm_choice_set_for_the_measurement_and_restored(device, asked, inside):
+    """On CUDA the measurement runs with cuDNN's algorithms timed per shape (Settings.cudnn_benchmark, the default)
+    or its heuristics (--no-cudnn-benchmark); the flag is restored afterwards; the CPU leaves it alone."""
+    from npdg.profile.timing import _Measuring
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        report = {}
+        with _Measuring(P.Settings(device=device, cudnn_benchmark=asked), report):
+            assert torch.backends.cudnn.benchmark is inside
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_cudnn_option_reaches_the_report(monkeypatch, tmp_path, capsys):
+    """--no-cudnn-benchmark lands in the settings (and the JSON); the default is on; a CUDA report's header names
+    how cuDNN chose (a report from before the setting existed: its heuristics)."""
+    from npdg.profile import __main__ as cli_main
+    from npdg.profile.report import _cudnn
+
+    seen = []
+    monkeypatch.setattr(P, "sweep", lambda *a, **k: seen.append(a[3]) or {"stub": True})
+    monkeypatch.setattr(P, "format_report", lambda rep, top: "")
+    for extra, want in (([], True), (["--no-cudnn-benchmark"], False), (["--cudnn-benchmark"], True)):
+        assert cli_main.main(["--sweep", "deeplabv3plus_r18", *extra]) == 0
+        assert seen[-1].cudnn_benchmark is want
+    assert _cudnn({"cudnn_benchmark": True}) == ", cuDNN algorithms timed per shape"
+    assert _cudnn({"cudnn_benchmark": False}) == _cudnn({}) == ", cuDNN heuristics"

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(512, 512), help="input HxW (default 512x512)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     p.add_argument("--channels-last", action="store_true", help="channels_last models and inputs")
+    p.add_argument("--cudnn-benchmark", "--cudnn_benchmark", dest="cudnn_benchmark",
+                   action=argparse.BooleanOptionalAction, default=True,
+                   help="CUDA: cuDNN times its convolution algorithms for each shape (default; as a fixed-shape "
+                        "deployment would); --no-cudnn-benchmark: its heuristics")
     p.add_argument("--compile", action="store_true", help="torch.compile the models for the latency runs "
                                                           "(= --runtime compile)")
     p.add_argument("--runtime", type=_runtimes, nargs="+", default=None, metavar="RT",
@@ -113,7 +117,7 @@ def _run(args) -> int:
     s = Settings(device=args.device, size=tuple(args.size), batches=tuple(args.batch), dtype=args.dtype,
                  channels_last=args.channels_last, compile=args.compile, warmup=args.warmup, runs=args.runs,
                  min_runs=args.min_runs, min_time=args.min_time, profile_runs=args.profile_runs,
-                 threads=args.threads or 0,
+                 threads=args.threads or 0, cudnn_benchmark=args.cudnn_benchmark,
                  runtimes=tuple(rt for group in (args.runtime or [["eager"]]) for rt in group))
     s.device = str(resolve_device(args.device))
     if args.sweep is not None:

@@ -46,12 +46,18 @@ def _layer_table(layers: dict, top: int) -> list:
     return lines
 
 
+def _cudnn(s: dict) -> str:
+    """How cuDNN chose its algorithms (reports written before the setting existed used its heuristics)."""
+    return ", cuDNN algorithms timed per shape" if s.get("cudnn_benchmark", False) else ", cuDNN heuristics"
+
+
 def format_report(report: dict, top: int = 15) -> str:
     s, env = report["settings"], report["env"]
     omp = f", OMP_WAIT_POLICY={env['omp_wait_policy']}" if env.get("omp_wait_policy") else ""
     lines = [f"device: {env['device']} ({env['device_type']}, {env['threads']} threads{omp}), torch {env['torch']}; "
              f"input {s['size'][0]}x{s['size'][1]}, {s['dtype']}"
-             f"{', channels_last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}; "
+             f"{', channels_last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}"
+             f"{_cudnn(s) if env['device_type'] == 'cuda' else ''}; "
              f"load average {report.get('load_before')} -> {report.get('load_after')}"]
     rts = report.get("runtimes") or ["compile" if s["compile"] else "eager"]
     if rts != ["eager"]:

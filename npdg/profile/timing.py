@@ -40,6 +40,9 @@ class Settings:
     profile_runs: int = 3        # profiled forwards per model for the per-layer table; 0 = no table
     threads: int = 0             # torch intra-op threads on CPU; 0 = leave torch's default
     runtimes: tuple = ("eager",)  # eager | compile | onnxruntime | openvino (npdg.profile.runtimes)
+    cudnn_benchmark: bool = True  # CUDA: cuDNN times its algorithms for each new shape (torch.backends.cudnn
+    # .benchmark), as a fixed-shape deployment would; False = its heuristics, which pick slow kernels for some
+    # pruned widths (the first H200 sweep: some pruned R50 convolutions 7x slower than dense for fewer FLOPs)
 
 
 # --- inputs, models, devices ---------------------------------------------------------------------------
@@ -226,18 +229,24 @@ def _load() -> list | None:
 
 
 class _Measuring:
-    """Flush denormals on CPU and record the load average around a measurement."""
+    """Flush denormals on CPU, set cuDNN's algorithm choice on CUDA (``Settings.cudnn_benchmark``; restored
+    after) and record the load average around a measurement."""
 
     def __init__(self, s: Settings, report: dict):
         self.cpu = torch.device(s.device).type == "cpu"
+        self.cudnn_benchmark = s.cudnn_benchmark
         self.report = report
 
     def __enter__(self):
         self.report["load_before"] = _load()
         self.flush = torch.set_flush_denormal(True) if self.cpu else False
+        self.cudnn_before = torch.backends.cudnn.benchmark
+        if not self.cpu:
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
     def __exit__(self, *exc):
         if self.flush:
             torch.set_flush_denormal(False)
+        torch.backends.cudnn.benchmark = self.cudnn_before
         self.report["load_after"] = _load()
 
