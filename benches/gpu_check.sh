@@ -44,10 +44,10 @@ export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET NPDG_BENCH_QUICK NPDG_BENCH_COMPILE
 PY=${PYTHON:-python3}
 if ((rehearse)); then
-    dev=(--device cpu) dtype=fp32 batch=1 size=64x128 quick=(--quick)
+    dev=(--device cpu) dtype=fp32 batch=1 size=64x128 quick=(--quick) compile_k=compile  # (quick benches: R18 only)
     export NPDG_BENCH_QUICK=1
 else
-    dev=(--device cuda) dtype=bf16 batch=8 size=512x1024 quick=()
+    dev=(--device cuda) dtype=bf16 batch=8 size=512x1024 quick=() compile_k="compile and segformer_b0"
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 fi
 status=0
@@ -129,9 +129,10 @@ run sweep_r50_heuristic 30 head:12 $PY -m npdg.profile --sweep deeplabv3plus_r50
     --min-runs 10 --min-time 0.3 --json "$res/sweep_r50_heuristic.json"
 # SegFormer-B0 the same way: its pruned Mix-FFN widths (e.g. 128 -> 120 at stage 1, the high-resolution stage)
 # leave the tile-aligned widths, the suspected cause of the pruned B0 running 0.90x of dense on the H200
-run sweep_b0 45 head:30 $PY -m npdg.profile --sweep segformer_b0 "${dev[@]}" --dtype $dtype \
-    --batch $batch --size $size --ratios 0,0.2,0.3,0.4 --round_to 8,32,64 --warmup 3 \
-    --min-runs 10 --min-time 0.3 --json "$res/sweep_b0.json"
+# (--layers-at 0.3: which layers lose the time, per round_to)
+run sweep_b0 50 head:60 $PY -m npdg.profile --sweep segformer_b0 "${dev[@]}" --dtype $dtype \
+    --batch $batch --size $size --ratios 0,0.2,0.3,0.4 --round_to 8,32,64 --layers-at 0.3 --warmup 3 \
+    --min-runs 10 --min-time 0.3 --profile-runs 2 --top 10 --json "$res/sweep_b0.json"
 
 # dense vs pruned per runtime (fp32, batch 4, 512x1024); ONNX Runtime only where it is installed
 if selected runtimes; then
@@ -144,7 +145,7 @@ if selected runtimes; then
 fi
 run runtimes 60 tail:12 $PY -m pytest benches/bench_runtimes.py "${BENCH[@]}" --benchmark-json="$res/bench_runtimes.json"
 # ... and torch.compile rows for SegFormer-B0 (dense and pruned; the pruned one was slower than dense in eager)
-run runtimes_compile 60 tail:12 env NPDG_BENCH_COMPILE=1 $PY -m pytest benches/bench_runtimes.py -k "compile and segformer_b0" \
+run runtimes_compile 60 tail:12 env NPDG_BENCH_COMPILE=1 $PY -m pytest benches/bench_runtimes.py -k "$compile_k" \
     "${BENCH[@]}" --benchmark-json="$res/bench_runtimes_compile.json"
 # (60 s cut bench_train off before its JSON on the first H200 run)
 run train 90 tail:12 $PY -m pytest benches/bench_train.py "${BENCH[@]}" --benchmark-json="$res/bench_train.json"

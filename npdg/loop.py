@@ -127,19 +127,25 @@ def batches(dataset, ctx: Context, start_step: int):
         epoch, skip = epoch + 1, 0
 
 
-def _everywhere(flag: torch.Tensor, ctx: Context) -> bool:
-    """flag (a bool tensor) is true on every rank."""
-    flag = flag.float().to(ctx.device)
-    if ctx.world > 1:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag)
-
-
-def _grads_finite(opt, ctx: Context) -> bool:
-    """All gradients finite, on every rank (a rank with a NaN makes all ranks skip the step)."""
+def read_back(loss: torch.Tensor, logs: dict, opt, ctx: Context) -> tuple[float, str | None, dict]:
+    """The step's one host read (a GPU sync), after the backward: (the loss, what became non-finite -- "loss",
+    "gradients" or None, the same on every rank: one rank's NaN makes all ranks skip the step --, the logs
+    with their tensors as floats). Everything is gathered on the device first, so the forward, the backward and
+    the checks queue without waiting for each other."""
     grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
-    return _everywhere(torch.stack([torch.isfinite(t).all() for t in grads]).all() if grads
-                       else torch.tensor(True), ctx)
+    loss = loss.detach().float().reshape(())
+    grads_ok = (torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all() if grads
+                else torch.ones((), dtype=torch.bool, device=loss.device))
+    flags = torch.stack([loss.isfinite(), grads_ok.to(loss.device)]).float()
+    if ctx.world > 1:
+        flags = flags.to(ctx.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+    keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    values = torch.cat([loss.reshape(1), flags.to(loss.device),
+                        *(logs[k].detach().float().reshape(1).to(loss.device) for k in keys)]).tolist()
+    value, loss_ok, grads_ok = values[:3]
+    bad = None if loss_ok and grads_ok else "loss" if not loss_ok else "gradients"
+    return value, bad, {**logs, **dict(zip(keys, values[3:], strict=True))}
 
 
 def poly(total: int, power: float):
@@ -173,15 +179,12 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
         images, labels = next(stream)
         with autocast(ctx):
             loss, logs = loss_fn(net, step, images, labels)
-        value = loss.item()
         opt.zero_grad(set_to_none=True)
         for o in extra_opts:
             o.zero_grad(set_to_none=True)
-        loss_ok = _everywhere(torch.tensor(math.isfinite(value)), ctx)  # all ranks skip together (DDP)
-        if loss_ok:
-            loss.backward()
-            ctx.all_mean_([p.grad for p in sync_params if p.grad is not None])
-        bad = "loss" if not loss_ok else "gradients" if not _grads_finite(opt, ctx) else None
+        loss.backward()  # (a non-finite loss gives non-finite gradients: the step is skipped below)
+        ctx.all_mean_([p.grad for p in sync_params if p.grad is not None])
+        value, bad, logs = read_back(loss, logs, opt, ctx)  # the step's one host sync
         if bad is not None:
             skipped += 1
             where = f"stage {stage!r}, step {step}: the {bad} became non-finite (loss {value})"

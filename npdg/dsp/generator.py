@@ -384,8 +384,8 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
     clean partner rides along, as BN needs >= 2 samples), then ``loss_fn`` (default cross-entropy, 255
     ignored) runs on the whole batch (``restyled_weight`` > 0: the clean images' mean + restyled_weight x the
     restyled images' mean instead of one mean over both, see FeatureDSP). The generator stays frozen: the
-    restyled images are made without a graph. Returns (loss, logs) with logs = {"clean", "perturbed" (float,
-    per part), "num_perturbed"}.
+    restyled images are made without a graph. Returns (loss, logs) with logs = {"clean", "perturbed" (0-dim
+    tensors; nan when the part is empty), "num_perturbed"}.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
@@ -413,6 +413,6 @@ def image_task_loss(gen: StyleGenerator, net: nn.Module, images: torch.Tensor, l
     loss, split = restyled_task_loss(loss_fn, logits, labels, k, restyled_weight)
     # an unmixed batch is all restyled (k = n) or all clean (k = 0): the loss is that part
     perturbed, clean = split if split is not None else (loss.detach(), None) if k else (None, loss.detach())
-    logs = {"num_perturbed": k, "perturbed": perturbed.item() if k else float("nan"),
-            "clean": clean.item() if k < n else float("nan")}
+    logs = {"num_perturbed": k, "perturbed": perturbed if k else float("nan"),  # (tensors: npdg.loop reads
+            "clean": clean if k < n else float("nan")}                           # them with the loss, one sync)
     return loss, logs

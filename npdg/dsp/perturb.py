@@ -327,9 +327,10 @@ class FeatureDSP(nn.Module):
         ``net`` runs the training forward (may be DDP-wrapped), ``model`` is the unwrapped module (its
         ``style_layer`` is hooked; it runs the ascent passes). The caller adds its sparsity term, calls
         backward() once and steps both its model optimizer and the optimizer of ``self.parameters()``.
-        logs: dsp_task (the segmentation part), dsp_clean / dsp_pert (on the clean / restyled samples),
-        dsp_recon / dsp_kl (D-VAE), adv_loss0 (restyled loss before the ascent) and, with ``log_gain``,
-        adv_gain = restyled loss after - before the ascent (on a frozen model; > 0 when the ascent works).
+        logs (0-dim tensors, read by the loop with the loss in one sync): dsp_task (the segmentation part),
+        dsp_clean / dsp_pert (on the clean / restyled samples), dsp_recon / dsp_kl (D-VAE), adv_loss0 (restyled
+        loss before the ascent) and, with ``log_gain``, adv_gain = restyled loss after - before the ascent (on a
+        frozen model; > 0 when the ascent works).
         """
         n_total = images.shape[0]
         n = num_restyled(self.p if p is None else p, n_total)
@@ -341,7 +342,7 @@ class FeatureDSP(nn.Module):
                 images = torch.cat([images[:n], images])
                 clean_from = n
             n_total = n_total + n
-        logs: dict[str, torch.Tensor] = {}  # 0-dim tensors, read back with one sync at the end
+        logs: dict[str, torch.Tensor] = {}  # 0-dim tensors: npdg.loop.read_back reads them in the step's one sync
         xi = torch.randn(n, self.dvae.latent, device=images.device)
         delta = None
         if n > 0 and self.adv_steps > 0:
@@ -379,5 +380,4 @@ class FeatureDSP(nn.Module):
         if split is not None:
             logs["dsp_pert"], logs["dsp_clean"] = split
         logs.update(dsp_task=task.detach(), dsp_recon=parts["recon"], dsp_kl=parts["kl"])
-        values = torch.stack([v.float().reshape(()) for v in logs.values()]).tolist()
-        return task + dvae_loss, dict(zip(logs, values, strict=True))
+        return task + dvae_loss, {k: v.detach() for k, v in logs.items()}  # (npdg.loop reads them with the loss)

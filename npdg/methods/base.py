@@ -173,7 +173,7 @@ class Pruning(Method):
             if cfg.sparsity > 0:
                 penalty = l1_penalty(model, self.sparsity_weights(), residual=cfg.prune_residual)
                 loss = loss + cfg.sparsity * penalty
-                logs = {**logs, "penalty": penalty.item()}
+                logs = {**logs, "penalty": penalty.detach()}  # (a tensor: read with the loss, one sync)
             return loss, logs
 
         return loss_fn

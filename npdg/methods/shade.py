@@ -42,16 +42,18 @@ from npdg.methods.base import Method
 from npdg.reference import style_stats
 
 
-def farthest_points(points: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
+def farthest_points(points: torch.Tensor, k: int, start: int | torch.Tensor = 0) -> torch.Tensor:
     """Indices (k,) of ``k`` rows of ``points`` (N, D) chosen by farthest-point sampling from row ``start``: each
-    next one is the row farthest (squared Euclidean distance) from those chosen so far."""
-    chosen = [start]
-    dist = (points - points[start]).square().sum(1)
+    next one is the row farthest (squared Euclidean distance) from those chosen so far. The indices stay on the
+    device (index_select, no host read: no GPU sync per point)."""
+    i = torch.as_tensor(start, device=points.device).reshape(1)
+    chosen = [i]
+    dist = (points - points.index_select(0, i)).square().sum(1)
     for _ in range(k - 1):
-        i = int(dist.argmax())
+        i = dist.argmax().reshape(1)
         chosen.append(i)
-        dist = torch.minimum(dist, (points - points[i]).square().sum(1))
-    return torch.tensor(chosen, device=points.device)
+        dist = torch.minimum(dist, (points - points.index_select(0, i)).square().sum(1))
+    return torch.cat(chosen)
 
 
 def combine_styles(basis_mean: torch.Tensor, basis_std: torch.Tensor, weights: torch.Tensor):
@@ -123,8 +125,8 @@ class SHADE(Method):
         if len(styles) < cfg.shade_k:
             raise ConfigError(f"shade_k={cfg.shade_k} exceeds the {len(styles)} source styles seen since the last "
                               "basis choice")
-        start = int(torch.randint(len(styles), ()))
-        chosen = styles[farthest_points(styles, cfg.shade_k, start)]
+        start = torch.randint(len(styles), (1,))  # (the CPU generator's draw, as int(randint(n, ())) drew it)
+        chosen = styles.index_select(0, farthest_points(styles, cfg.shade_k, start))
         if self.ctx.world > 1:
             torch.distributed.broadcast(chosen, src=0)
         self.basis = chosen.chunk(2, dim=1)
@@ -148,7 +150,8 @@ class SHADE(Method):
             return f
         k = self.basis[0].shape[0]
         alpha = torch.full((k,), self.cfg.shade_concentration, device=f.device)
-        w = torch.distributions.Dirichlet(alpha).sample((f.shape[0],))
+        # (validate_args=False: the check of alpha > 0, known from the config, would read the device every step)
+        w = torch.distributions.Dirichlet(alpha, validate_args=False).sample((f.shape[0],))
         new_mean, new_std = combine_styles(*self.basis, w)
         hat = ops.adain(f, new_mean.to(f.dtype), new_std.to(f.dtype), stats=(mean.detach(), std.detach()))
         return torch.cat([f, hat])
@@ -170,11 +173,11 @@ class SHADE(Method):
         ce = self.seg_loss(logits, torch.cat([labels, labels]))
         sc = jsd(logits[:b], logits[b:])
         loss = ce + cfg.shade_sc * sc
-        logs = {"shade_sc": sc.item()}
+        logs = {"shade_sc": sc.detach()}  # (tensors: npdg.loop reads them with the loss, one sync)
         if rc_layer:
             rc = self.retrospection(images, deep[-1])
             loss = loss + cfg.shade_rc * rc
-            logs["shade_rc"] = rc.item()
+            logs["shade_rc"] = rc.detach()
         return loss, logs
 
     def retrospection(self, images, features) -> torch.Tensor:
