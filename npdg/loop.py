@@ -156,7 +156,8 @@ def fit(ctx: Context, stage: str, model, dataset, loss_fn, opt, sched, iters: in
         extra_opts=(), sync_params=(), checkpoint=None, evaluate_fn=None) -> None:
     """Run steps start+1 .. iters of a stage.
 
-    loss_fn(net, step, images, labels) -> (loss tensor, {name: float}), run under :func:`autocast`;
+    loss_fn(net, step, images, labels) -> (loss tensor, {name: float or 0-dim tensor}), run under :func:`autocast`
+    (the tensors are read by :func:`read_back` with the loss, in the step's one sync);
     ``extra_opts`` step together with ``opt`` (e.g. the D-VAE's); ``sync_params``: parameters outside the
     DDP module whose gradients are averaged across ranks by hand; ``checkpoint(step)`` is called every
     cfg.ckpt_every steps (rank 0); ``evaluate_fn(step) -> mIoU (percent) or None`` every cfg.eval_every

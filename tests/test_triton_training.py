@@ -107,7 +107,7 @@ def test_dsp_training_step_matches_reference(monkeypatch, kernel_calls):
     fp32_ulps = 4 * torch.finfo(torch.float32).eps
     torch.testing.assert_close(loss_t, loss_r, rtol=fp32_ulps, atol=0)
     for key in logs_r:
-        assert logs_t[key] == pytest.approx(logs_r[key], rel=fp32_ulps, abs=1e-12), key
+        assert float(logs_t[key]) == pytest.approx(float(logs_r[key]), rel=fp32_ulps, abs=1e-12), key
     assert len(deltas_t) == len(deltas_r) == 1 and deltas_r[0].abs().max() > 0
     torch.testing.assert_close(deltas_t[0], deltas_r[0], rtol=fp32_ulps, atol=fp32_ulps)
     assert len(model_r) > 50 and all(g.dtype == torch.float64 for g in model_r.values())
