@@ -198,6 +198,4 @@ class Pruning(Method):
             ctx.history["sensitivity_pruned_vs_kept"] = pruned_vs_kept(sens, masks)
         return self.compacted(model, compact(model, masks))
 
-    def finetune_loss_fn(self, model):
-        """The fine-tune's loss: the task loss."""
-        return lambda net, step, images, labels: self.task_loss(net, model, images, labels)
+    finetune_loss_fn = Method.train_loss_fn  # the fine-tune's loss: the task loss alone (no sparsity term)

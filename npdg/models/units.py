@@ -120,15 +120,10 @@ class UnitGroup:
     @torch.no_grad()
     def mask_(self, pruned: torch.Tensor) -> None:
         """Silence units in place: zero γ (and the BN bias). ``pruned``: bool (size,) or indices."""
-        self.scale_(pruned, 0.0)
-
-    @torch.no_grad()
-    def scale_(self, units: torch.Tensor, factor: float) -> None:
-        """Multiply what :meth:`mask_` zeroes by ``factor`` (a unit fading out: factor 0 is mask_)."""
-        units = torch.as_tensor(units, device=self.gamma().device)
+        pruned = torch.as_tensor(pruned, device=self.gamma().device)
         for t in (self.scale_module.weight, getattr(self.scale_module, "bias", None)):
             if t is not None:
-                t[units] = t[units] * factor if factor else 0
+                t[pruned] = 0
 
     def check(self) -> None:
         """Raise if a declared slice does not fit the tensor it points at."""
@@ -169,11 +164,11 @@ class CoupledGroup(UnitGroup):
         return [m.weight for m in self.scale_modules]
 
     @torch.no_grad()
-    def scale_(self, units: torch.Tensor, factor: float) -> None:
-        units = torch.as_tensor(units, device=self.gamma().device)
+    def mask_(self, pruned: torch.Tensor) -> None:
+        units = torch.as_tensor(pruned, device=self.gamma().device)
         index = units.nonzero().flatten() if units.dtype == torch.bool else units.long().flatten()
         hit = {}  # id(tensor) -> (tensor, bool mask of its entries): a LayerNorm γ that is both a scale module
-        #   and a producer slice is scaled once
+        #   and a producer slice is zeroed once
 
         def mark(t, dim, pos):
             if id(t) not in hit:
@@ -188,7 +183,7 @@ class CoupledGroup(UnitGroup):
                 if t is not None:
                     mark(t, 0, index)
         for t, where in hit.values():
-            t[where] = t[where] * factor if factor else 0
+            t[where] = 0
 
 
 def coupled_channel_group(
